@@ -1,0 +1,5 @@
+import sys
+
+from lightdiff.cli import main
+
+sys.exit(main())

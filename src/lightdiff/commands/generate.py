@@ -1,0 +1,96 @@
+"""`lightdiff generate`: txt2img from the command line, with a progress bar."""
+
+NAME = "generate"
+HELP = "Generate images from a prompt (txt2img) and save PNGs with full metadata."
+
+
+def add_generation_arguments(p):
+    from lightdiff import settings
+
+    p.add_argument("prompt", nargs="?", help="the prompt (or use --prompt)")
+    p.add_argument("--prompt", dest="prompt_opt", help=argparse_suppress())
+    p.add_argument("-m", "--model", default=settings.get("default_model"),
+                   help="model id (see `lightdiff models`); default %(default)s")
+    p.add_argument("--weights", default="auto",
+                   help="auto, hub, hub:org/name, synthetic, twin, a diffusers folder or a .safetensors file")
+    p.add_argument("-n", "--negative-prompt", default=None)
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--size", type=int, help="square size: sets width and height")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", "--cfg", type=float, dest="guidance")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch", type=int, default=1, dest="batch_size", help="images per prompt")
+    p.add_argument("--scheduler")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--vram-budget", type=float, help="GB: behave like a card of this size")
+    p.add_argument("-o", "--output-dir", default=settings.get("output_dir"))
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="allow .ckpt/.pt/.bin checkpoints (pickle can run code: only for files you trust)")
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def add_arguments(p):
+    add_generation_arguments(p)
+
+
+def request_from_args(args) -> dict:
+    prompt = args.prompt_opt if args.prompt_opt is not None else args.prompt
+    if prompt is None:
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("prompt", "No prompt given.", 'Run e.g. `lightdiff generate "a red circle"`.')
+    req = {"workflow": "txt2img", "model": args.model, "weights": args.weights, "prompt": prompt,
+           "batch_size": args.batch_size}
+    if args.size:
+        req["width"] = req["height"] = args.size
+    for key in ("negative_prompt", "width", "height", "steps", "guidance", "seed", "scheduler"):
+        if getattr(args, key, None) is not None:
+            req[key] = getattr(args, key)
+    return req
+
+
+def run_with_progress(engine, request: dict):
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(event):
+        nonlocal bar
+        if event["stage"] == "loading":
+            print(f"loading {event.get('model')} ...", flush=True)
+        elif event["stage"] == "running":
+            if bar is None:
+                bar = tqdm(total=event["steps"], desc="denoising", unit="step")
+            bar.update(event["step"] - bar.n)
+
+    try:
+        return engine.run(request, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run(args) -> int:
+    from lightdiff.workflows.engine import Engine
+
+    request = request_from_args(args)
+    engine = Engine(device=args.device, vram_budget_gb=args.vram_budget,
+                    allow_unsafe_pickle=args.allow_unsafe_pickle or None)
+    engine.parse(request)  # validate before loading anything
+    result = run_with_progress(engine, request)
+    paths = engine.save(result, args.output_dir)
+    for w in result.warnings:
+        print(f"warning: {w}")
+    meta = result.metadata[0]
+    if meta.get("synthetic"):
+        print(f"note: {meta['model']} ran with {meta['weights']} weights (random values): the images are noise.")
+    print(f"{len(paths)} image(s) in {result.timings.get('generate_s', 0):.2f} s on {engine.device}:")
+    for p in paths:
+        print(f"  {p}")
+    return 0

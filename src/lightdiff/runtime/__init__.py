@@ -1,0 +1,1 @@
+"""Devices, telemetry, weight loading and the pool of loaded pipelines. Imports torch lazily."""

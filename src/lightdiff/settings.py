@@ -1,0 +1,49 @@
+"""One settings table: every setting has a name, an environment variable, a default and a doc line.
+
+The CLI, the server and the docs read this table; a test checks that each setting is documented
+in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: str
+    doc: str
+
+    def get(self) -> str:
+        return os.environ.get(self.env, self.default)
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("home", "LIGHTDIFF_HOME", str(Path.home() / ".lightdiff"),
+                "Data directory: job store, caches of synthetic weights and compiled kernels."),
+        Setting("output_dir", "LIGHTDIFF_OUTPUT_DIR", "outputs",
+                "Where `lightdiff generate` writes images when -o is not given."),
+        Setting("models_file", "LIGHTDIFF_MODELS_FILE", "",
+                "A TOML or YAML file of user model entries, read in addition to ~/.lightdiff/models.toml."),
+        Setting("default_model", "LIGHTDIFF_DEFAULT_MODEL", "tiny-sd15",
+                "Model used when --model is not given."),
+        Setting("device", "LIGHTDIFF_DEVICE", "auto",
+                "Device for generation: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
+        Setting("allow_unsafe_pickle", "LIGHTDIFF_ALLOW_UNSAFE_PICKLE", "0",
+                "Set to 1 to allow loading pickle checkpoints (.ckpt, .pt, .bin), which can run code."),
+    ]
+}
+
+
+def get(name: str) -> str:
+    return SETTINGS[name].get()
+
+
+def home() -> Path:
+    return Path(get("home")).expanduser()

@@ -1,0 +1,42 @@
+import os
+
+import pytest
+
+# Tests never reach a hub, and never read the developer's own ~/.lightdiff.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.getbasetemp() / "lightdiff-home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("LIGHTDIFF_HOME", str(home))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15():
+    from lightdiff.runtime import loader
+
+    return loader.load("tiny-sd15", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen():
+    from lightdiff.runtime import loader
+
+    return loader.load("tiny-qwen-image", device="cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
