@@ -84,6 +84,13 @@ class LoadedModel:
     plan: str = "resident"
     plan_info: dict = field(default_factory=dict)
     _derived: dict = field(default_factory=dict)
+    # the scheduler config as loaded: every request derives its scheduler from this, so switching
+    # schedulers never drifts (from_config across classes adds and drops keys)
+    scheduler_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.scheduler_config and getattr(self.pipe, "scheduler", None) is not None:
+            self.scheduler_config = dict(self.pipe.scheduler.config)
 
     @property
     def synthetic(self) -> bool:

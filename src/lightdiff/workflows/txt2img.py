@@ -29,14 +29,14 @@ class Request(BaseRequest):
     workflow: Literal["txt2img"] = "txt2img"
 
 
-def set_scheduler(pipe, family: str, name: str) -> None:
-    if family != "sd15":
-        return  # Qwen-Image has one scheduler (flow matching Euler)
+def set_scheduler(pipe, loaded, name: str) -> None:
+    """A fresh scheduler of the asked kind from the model's own config (schedulers keep state)."""
     import diffusers
 
-    cls = getattr(diffusers, SD_SCHEDULERS[name])
-    if type(pipe.scheduler) is not cls:
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    if loaded.spec.family != "sd15":
+        pipe.scheduler = type(pipe.scheduler).from_config(loaded.scheduler_config)
+        return  # Qwen-Image has one scheduler (flow matching Euler)
+    pipe.scheduler = getattr(diffusers, SD_SCHEDULERS[name]).from_config(loaded.scheduler_config)
 
 
 def prompt_token_limit(pipe, spec) -> int:
@@ -59,20 +59,24 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     r = resolve(req, loaded.spec)
     timer = Timer()
     pipe = loaded.pipeline("txt2img")
-    set_scheduler(pipe, loaded.spec.family, r.scheduler)
     warnings = [w for w in [prompt_length_warning(pipe, r.prompt, prompt_token_limit(pipe, loaded.spec))] if w]
-    out = pipe(
-        prompt=r.prompt,
-        negative_prompt=r.negative_prompt or None,
-        width=r.width,
-        height=r.height,
-        num_inference_steps=r.steps,
-        num_images_per_prompt=r.batch_size,
-        generator=generators(r.seed, r.batch_size),
-        callback_on_step_end=step_callback(r.steps, progress, cancel),
-        output_type="pil",
-        **family_call_args(loaded.spec, r, pipe),
-    )
+    loaded_scheduler = pipe.scheduler
+    set_scheduler(pipe, loaded, r.scheduler)
+    try:
+        out = pipe(
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt or None,
+            width=r.width,
+            height=r.height,
+            num_inference_steps=r.steps,
+            num_images_per_prompt=r.batch_size,
+            generator=generators(r.seed, r.batch_size),
+            callback_on_step_end=step_callback(r.steps, progress, cancel),
+            output_type="pil",
+            **family_call_args(loaded.spec, r, pipe),
+        )
+    finally:
+        pipe.scheduler = loaded_scheduler  # the loaded pipeline stays as loaded (save_pretrained, from_pipe)
     images = list(out.images)
     meta = [image_metadata(loaded, NAME, r, i, req) for i in range(len(images))]
     return GenerationResult(images=images, metadata=meta, warnings=warnings, timings={"generate_s": timer()})
