@@ -25,6 +25,9 @@ def add_generation_arguments(p):
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--vram-budget", type=float, help="GB: behave like a card of this size")
     p.add_argument("-o", "--output-dir", default=settings.get("output_dir"))
+    p.add_argument("--runs", type=int, default=1,
+                   help="generate N times with the same request and print each run's time (the first run "
+                        "includes warm-up); images are saved once")
     p.add_argument("--allow-unsafe-pickle", action="store_true",
                    help="allow .ckpt/.pt/.bin checkpoints (pickle can run code: only for files you trust)")
 
@@ -76,14 +79,43 @@ def run_with_progress(engine, request: dict):
             bar.close()
 
 
+def _timed_runs(engine, request: dict, runs: int):
+    """Run the request ``runs`` times; return the first result and each run's seconds and peak VRAM."""
+    import time
+
+    from lightdiff.runtime.device import memory_snapshot
+
+    if runs > 1 and request.get("seed") is None:
+        import secrets
+
+        request = {**request, "seed": secrets.randbelow(2**32)}
+    result, timings = None, []
+    for i in range(runs):
+        if engine.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        res = run_with_progress(engine, request) if i == 0 else engine.run(request)
+        if engine.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        timings.append({"run": i + 1, "s": round(time.perf_counter() - t0, 3), **memory_snapshot(engine.device)})
+        result = result or res
+    return result, timings
+
+
 def run(args) -> int:
+    from lightdiff.errors import InvalidRequest
     from lightdiff.workflows.engine import Engine
 
+    if args.runs < 1:
+        raise InvalidRequest("runs", f"--runs {args.runs} must be at least 1.", "Use --runs 3 to time warm runs.")
     request = request_from_args(args)
     engine = Engine(device=args.device, vram_budget_gb=args.vram_budget,
                     allow_unsafe_pickle=args.allow_unsafe_pickle or None)
     engine.parse(request)  # validate before loading anything
-    result = run_with_progress(engine, request)
+    result, timings = _timed_runs(engine, request, args.runs)
     paths = engine.save(result, args.output_dir)
     for w in result.warnings:
         print(f"warning: {w}")
@@ -93,4 +125,9 @@ def run(args) -> int:
     print(f"{len(paths)} image(s) in {result.timings.get('generate_s', 0):.2f} s on {engine.device}:")
     for p in paths:
         print(f"  {p}")
+    if args.runs > 1 or engine.device.startswith("cuda"):
+        for t in timings:
+            mem = (f", peak VRAM {t['peak_allocated_gb']:.2f} GiB allocated / {t['peak_reserved_gb']:.2f} GiB reserved"
+                   if "peak_allocated_gb" in t else "")
+            print(f"run {t['run']}: {t['s']:.3f} s{mem}" + (" (includes warm-up)" if t["run"] == 1 else ""))
     return 0

@@ -1,0 +1,131 @@
+"""The demo tokenizer: the whole grammar in vocabulary, CLIP-style ids, and the diffusers call path."""
+
+import pytest
+
+from lightdiff.demo.scenes import Background, ObjectSpec, SceneDataset, SceneSpec, caption
+from lightdiff.demo.vocab import build_tokenizer, count_unknown, unknown_words, vocabulary
+from lightdiff.errors import InvalidRequest
+
+EN = "a large red circle left of a small blue square on a yellow background"
+ZH = "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def test_special_tokens_come_first(tok):
+    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
+    assert tok.model_max_length == 32
+    assert tok.pad_token == "[PAD]" and tok.bos_token == "<|startoftext|>" and tok.eos_token == "<|endoftext|>"
+
+
+def test_chinese_is_split_into_the_grammars_phrases(tok):
+    assert tok.tokenize("黄色背景上，一个大的红色圆形") == ["黄色", "背景上", "，", "一个", "大的", "红色", "圆形"]
+    assert tok.tokenize("从上到下由蓝色渐变为白色的背景上") == ["从上到下", "由", "蓝色", "渐变为", "白色", "的", "背景上"]
+    assert tok.tokenize("A Large RED circle, and") == ["a", "large", "red", "circle", ",", "and"]
+    assert tok("in the center").input_ids == tok("in the centre").input_ids
+
+
+def test_every_dataset_caption_is_in_vocabulary_and_fits(tok):
+    captions = []
+    for split in ("train", "heldout"):
+        ds = SceneDataset(seed=4, length=200, lang_mix=0.5, split=split)
+        captions += [ds.scene_and_caption(i)[1] for i in range(200)]
+    assert count_unknown(tok, captions) == 0
+    ids = tok(captions).input_ids
+    assert all(tok.unk_token_id not in row for row in ids)
+    assert max(len(row) for row in ids) <= 32
+
+
+def test_the_longest_caption_the_grammar_makes_fits_without_truncation(tok):
+    # every optional word present: three large objects with surfaces, a gradient, a two-word relation
+    objects = (ObjectSpec("hexagon", "orange", "large", "outlined"),
+               ObjectSpec("triangle", "purple", "large", "striped"),
+               ObjectSpec("diamond", "white", "large", "dotted"))
+    spec = SceneSpec(objects, Background("horizontal", ("yellow", "black")), relation="right of")
+    for lang in ("en", "zh"):
+        text = caption(spec, lang)
+        ids = tok(text, truncation=True, max_length=32).input_ids
+        assert len(tok(text).input_ids) <= 32
+        assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_called_like_stable_diffusion_calls_clips_tokenizer(tok):
+    batch = tok([EN, ZH], padding="max_length", max_length=tok.model_max_length, truncation=True,
+                return_tensors="pt")
+    ids, mask = batch.input_ids, batch.attention_mask
+    assert tuple(ids.shape) == (2, 32)
+    en_words = len(EN.split())
+    zh_words = 13  # 黄色 背景上 ， 一个 大的 红色 圆形 在 一个 小的 蓝色 正方形 左边
+    for row, m, n in zip(ids.tolist(), mask.tolist(), (en_words, zh_words)):
+        assert row[0] == tok.bos_token_id and row[n + 1] == tok.eos_token_id
+        assert row[n + 2:] == [tok.pad_token_id] * (32 - n - 2)
+        assert sum(m) == n + 2
+    assert tok.batch_decode(ids, skip_special_tokens=True) == [EN, ZH]
+
+
+def test_truncation_keeps_the_end_token_and_diffusers_can_report_the_cut(tok):
+    long = ", and ".join([EN] * 4)
+    truncated = tok([long], padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+    untruncated = tok([long], padding="longest", return_tensors="pt").input_ids
+    assert truncated.shape[-1] == 32 and truncated[0, -1].item() == tok.eos_token_id
+    assert untruncated.shape[-1] > 32
+    removed = tok.batch_decode(untruncated[:, 32 - 1:-1])  # what StableDiffusionPipeline logs
+    assert removed[0] and long.endswith(removed[0])
+
+
+def test_unknown_words_map_to_unk_and_are_counted(tok):
+    text = "a cat on a mat 一只猫"
+    assert unknown_words(tok, text) == ["cat", "mat", "一只猫"]
+    assert count_unknown(tok, [text, EN]) == 3
+    ids = tok(text).input_ids
+    assert ids.count(tok.unk_token_id) == 3
+
+
+def test_save_pretrained_round_trip(tok, tmp_path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok.save_pretrained(tmp_path)
+    for loaded in (PreTrainedTokenizerFast.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert loaded.model_max_length == 32 and loaded.pad_token == "[PAD]"
+        assert loaded([EN, ZH, "a cat"]).input_ids == tok([EN, ZH, "a cat"]).input_ids
+        assert loaded.decode(loaded(ZH).input_ids, skip_special_tokens=True) == ZH
+    assert len(vocabulary()) == len(tok)
+
+
+def test_model_max_length_is_configurable_and_checked():
+    assert build_tokenizer(16)(EN, padding="max_length", truncation=True).input_ids.__len__() == 16
+    with pytest.raises(InvalidRequest) as err:
+        build_tokenizer(2)
+    assert err.value.field == "model_max_length"
+
+
+def test_a_stable_diffusion_pipeline_encodes_prompts_with_it(tok):
+    """The real call path: StableDiffusionPipeline.encode_prompt with a tiny CLIP text encoder."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), max_position_embeddings=tok.model_max_length, hidden_size=32, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    embeds, negative = pipe.encode_prompt([EN, ZH], device="cpu", num_images_per_prompt=1,
+                                          do_classifier_free_guidance=True, negative_prompt=["", ""])
+    assert tuple(embeds.shape) == (2, 32, 32) and tuple(negative.shape) == (2, 32, 32)
+    assert not torch.allclose(embeds[0], embeds[1])
+    image = pipe(EN, num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
