@@ -1,0 +1,203 @@
+"""The speed path: stock PyTorch/diffusers/torchao techniques, each switchable, measured alone and together.
+
+- ``compile``: torch.compile of the denoiser (regional: repeated transformer blocks for Qwen-Image, the
+  whole UNet for SD1.5, channels_last) and of the VAE decoder. Inductor's caches persist across processes
+  under ``<LIGHTDIFF_HOME>/inductor`` so compilation is paid once.
+- ``graph-loop`` (SD1.5, Euler): one denoising step (CFG batch, UNet, guidance, Euler update) is a single
+  compiled function captured as a CUDA graph, so a step is one graph replay with no host work and no host
+  synchronisation between steps. diffusers' loop does several small launches and Python work per step,
+  which is what bounds SD1.5 at batch 1 (launch-bound, ~6% of peak). No well-kept library captures the
+  whole step, so this loop is ours; it reproduces diffusers' Euler step exactly (a test compares them).
+- ``fp8``: torchao float8 dynamic activation and weight quantisation of the denoiser's large linear layers
+  on cards with fp8 tensor cores (Hopper, Ada); ``int8wo`` (weight-only int8) elsewhere.
+- ``attention``: a diffusers attention-dispatcher backend (e.g. _native_cudnn, _native_flash), chosen by
+  measurement on the card.
+Step caching (First Block Cache, TaylorSeer, MagCache) changes the output and is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from lightdiff import settings
+
+TECHNIQUES = ("compile", "graph-loop", "fp8", "int8wo", "attention", "cache")
+
+
+@dataclass
+class FastPathConfig:
+    compile: bool = True
+    graph_loop: bool = True
+    fp8: bool = False
+    int8wo: bool = False
+    attention: str | None = None
+    cache: str | None = None  # "fbc" | "taylorseer" | "magcache": changes the output
+    compile_mode: str = "max-autotune-no-cudagraphs"
+    applied: list[str] = field(default_factory=list)
+
+
+def persist_compile_cache() -> str:
+    """Keep Inductor's FX-graph and autotuning caches in the lightdiff home, so a second process reuses them."""
+    path = str(settings.home() / "inductor")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", path)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+def denoiser_of(pipe):
+    return getattr(pipe, "transformer", None) or pipe.unet
+
+
+def apply_attention_backend(pipe, backend: str) -> None:
+    denoiser_of(pipe).set_attention_backend(backend)
+
+
+# Linear layers that see many tokens. fp8 matmuls (cuBLAS _scaled_mm) need every dimension divisible by 16,
+# so layers fed by the text stream (a prompt is a handful of tokens) or by the timestep embedding (one row)
+# stay in bf16; they are a small share of the FLOPs at image sizes.
+IMAGE_STREAM_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out", "img_mlp")
+
+
+def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
+    """torchao quantisation of the denoiser's large image-stream Linear layers. Returns layers changed."""
+    import torch
+    from torchao.quantization import quantize_
+
+    if kind == "fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    elif kind == "int8wo":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        config = Int8WeightOnlyConfig()
+    else:
+        raise ValueError(f"unknown quantisation {kind!r}")
+    count = 0
+    den = denoiser_of(pipe)
+    image_stream_only = getattr(den, "_repeated_blocks", None)  # transformers; a UNet has no text stream
+
+    def wanted(module, fqn):
+        nonlocal count
+        ok = (isinstance(module, torch.nn.Linear) and module.in_features >= min_features
+              and module.out_features >= min_features
+              and (not image_stream_only or any(k in fqn for k in IMAGE_STREAM_LINEARS)))
+        count += ok
+        return ok
+
+    quantize_(den, config, filter_fn=wanted)
+    return count
+
+
+def apply_compile(pipe, mode: str = "max-autotune-no-cudagraphs") -> None:
+    import torch
+
+    persist_compile_cache()
+    den = denoiser_of(pipe)
+    if getattr(den, "_repeated_blocks", None):
+        den.compile_repeated_blocks(fullgraph=True, mode=mode)
+    else:
+        den.to(memory_format=torch.channels_last)
+        den.compile(fullgraph=True, mode=mode)
+    pipe.vae.decoder.to(memory_format=torch.channels_last)
+    pipe.vae.decoder.compile(fullgraph=True, mode=mode)
+
+
+def apply_cache(pipe, kind: str) -> None:
+    """Step caching through diffusers' cache hooks: reuses denoiser work across steps; changes the output."""
+    den = denoiser_of(pipe)
+    if kind == "fbc":
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        den.enable_cache(FirstBlockCacheConfig(threshold=0.08))
+    elif kind == "taylorseer":
+        from diffusers import TaylorSeerCacheConfig
+
+        den.enable_cache(TaylorSeerCacheConfig())
+    elif kind == "magcache":
+        from diffusers import MagCacheConfig
+
+        den.enable_cache(MagCacheConfig())
+    else:
+        raise ValueError(f"unknown cache {kind!r}")
+
+
+# --- SD1.5: one compiled, graph-captured Euler step ------------------------------------------------
+
+
+def euler_cfg_step(unet, latents, t, sigma, sigma_next, embeds, guidance, prediction_type: str = "epsilon"):
+    """One Euler step with classifier-free guidance, exactly as diffusers' StableDiffusionPipeline with
+    EulerDiscreteScheduler computes it (scale_model_input, one UNet call on [uncond, cond], guidance, step).
+    All scalars are 0-d tensors on the device, so the step never reads a value back to the host."""
+    import torch
+
+    x_in = latents / torch.sqrt(sigma * sigma + 1)
+    x_in = torch.cat([x_in, x_in]).to(unet.dtype)
+    out = unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    uncond, cond = out.chunk(2)
+    out = uncond + guidance * (cond - uncond)
+    sample = latents.to(torch.float32)
+    out = out.to(torch.float32)
+    if prediction_type == "v_prediction":
+        denoised = out * (-sigma / torch.sqrt(sigma * sigma + 1)) + sample / (sigma * sigma + 1)
+    else:
+        denoised = sample - sigma * out
+    derivative = (sample - denoised) / sigma
+    return (sample + derivative * (sigma_next - sigma)).to(latents.dtype)
+
+
+class SD15GraphLoop:
+    """txt2img for SD1.5 with Euler and CFG, each step one captured graph. Output matches diffusers."""
+
+    def __init__(self, pipe, compiled: bool = True, mode: str = "reduce-overhead"):
+        import functools
+
+        import torch
+
+        self.pipe = pipe
+        step = functools.partial(euler_cfg_step, pipe.unet,
+                                 prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"))
+        self.step = torch.compile(step, mode=mode, fullgraph=True) if compiled else step
+        self.graphed = compiled and mode == "reduce-overhead"
+
+    def supports(self, family: str, scheduler: str, guidance: float) -> bool:
+        return family == "sd15" and scheduler == "euler" and guidance > 1.0
+
+    def __call__(self, prompt: str, negative_prompt: str | None, width: int, height: int, steps: int,
+                 guidance: float, generator, num_images_per_prompt: int = 1, callback=None):
+        import torch
+
+        with torch.no_grad():
+            return self._run(prompt, negative_prompt, width, height, steps, guidance, generator,
+                             num_images_per_prompt, callback)
+
+    def _run(self, prompt, negative_prompt, width, height, steps, guidance, generator,
+             num_images_per_prompt, callback):
+        import torch
+
+        pipe = self.pipe
+        scheduler = pipe.scheduler  # the caller sets it (an EulerDiscreteScheduler)
+        device = pipe._execution_device
+        cond, uncond = pipe.encode_prompt(prompt, device, num_images_per_prompt, True, negative_prompt)
+        embeds = torch.cat([uncond, cond])
+        scheduler.set_timesteps(steps, device=device)
+        latents = pipe.prepare_latents(num_images_per_prompt, pipe.unet.config.in_channels, height, width,
+                                       cond.dtype, device, generator)
+        # prepare_latents already scaled by init_noise_sigma; latents stay in the UNet's dtype, as in diffusers
+        sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
+        timesteps = scheduler.timesteps.to(device)
+        g = torch.tensor(guidance, device=device, dtype=torch.float32)
+        for i in range(steps):
+            if self.graphed:
+                # each replay writes the same static output buffer: mark the step and keep a copy of the
+                # latents, which the next replay reads
+                torch.compiler.cudagraph_mark_step_begin()
+                latents = self.step(latents, timesteps[i], sigmas[i], sigmas[i + 1], embeds, g).clone()
+            else:
+                latents = self.step(latents, timesteps[i], sigmas[i], sigmas[i + 1], embeds, g)
+            if callback is not None:
+                callback(pipe, i, timesteps[i], {})
+        image = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil")

@@ -1,0 +1,189 @@
+"""Speed path benchmark (issue: speed): each technique alone and together, against plain diffusers,
+in one process per model, on one card. Writes JSONL rows with the env stamp, FLOPs and share of peak.
+
+    python tools/speed_bench.py sd15 -o rows.jsonl          # eager, compile, graph-loop, batches
+    python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
+    python tools/speed_bench.py qwen -o rows.jsonl [--budget 24]
+
+Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def timed(fn, runs: int):
+    import torch
+
+    out, secs = None, []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        secs.append(time.perf_counter() - t0)
+    return out, secs
+
+
+def count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def pixels(images):
+    import numpy as np
+
+    return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+
+def row(out, model, variant, secs, batch, flops, stamp, **extra):
+    import torch
+
+    from lightdiff.specs.cards import find_card
+
+    med = statistics.median(secs[1:] if len(secs) > 1 else secs)
+    peak = find_card(stamp["gpu"]).bf16_tflops * 1e12
+    r = {"schema": 1, "kind": "speed", "status": "ok", "model": model, "variant": variant, "batch_size": batch,
+         "first_s": round(secs[0], 4), "sec_per_call": {"median": round(med, 4), "min": round(min(secs), 4),
+                                                         "max": round(max(secs), 4), "runs": [round(s, 4) for s in secs]},
+         "sec_per_image": round(med / batch, 4), "images_per_s": round(batch / med, 2),
+         "flops_per_image": flops / batch if flops else None,
+         "achieved_tflops": round(flops / med / 1e12, 1) if flops else None,
+         "peak_share": round(flops / med / peak, 3) if flops else None,
+         "peak_vram": {"allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)},
+         "synthetic": True, "weights": "synthetic", "env": stamp, **extra}
+    out.write(json.dumps(r) + "\n")
+    out.flush()
+    print(f"{model:16} {variant:34} b{batch:<3} {med:.4f} s/call  {batch / med:7.2f} img/s  "
+          f"first {secs[0]:.2f} s  " + (f"{r['peak_share']:.1%} of peak" if flops else ""), flush=True)
+    return r
+
+
+def sd15(args, out, stamp, warm_only=False):
+    import diffusers
+    import torch
+
+    from lightdiff.runtime import fastpath, loader
+    from lightdiff.workflows.base import generators
+
+    fastpath.persist_compile_cache()
+    lm = loader.load("sd15", "synthetic", device="cuda")
+    pipe = lm.pipe
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
+    kw = dict(prompt="a lighthouse at dusk", negative_prompt="", width=512, height=512, num_inference_steps=20,
+              guidance_scale=7.0)
+
+    def eager(b=1):
+        return pipe(**kw, num_images_per_prompt=b, generator=generators(1, b)).images
+
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, mode="reduce-overhead")
+
+    def fast(b=1):
+        return loop(kw["prompt"], kw["negative_prompt"], 512, 512, 20, 7.0, generators(1, b), num_images_per_prompt=b)
+
+    if not warm_only:
+        flops = count_flops(lambda: eager(1))
+        ref, secs = timed(eager, args.runs)
+        row(out, "sd15", "baseline (diffusers eager)", secs, 1, flops, stamp)
+    t0 = time.perf_counter()
+    pipe.vae.decoder.to(memory_format=torch.channels_last)
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.decoder.compile(fullgraph=True)
+    first, secs = timed(fast, max(3, args.runs))
+    compile_s = time.perf_counter() - t0 - sum(secs[1:])
+    if warm_only:
+        row(out, "sd15", "graph-loop (warm compile cache)", secs, 1, None, stamp, compile_s=round(compile_s, 1))
+        return
+    dev = float(abs(pixels(first) - pixels(ref)).max())
+    row(out, "sd15", "graph-loop + compiled VAE", secs, 1, flops, stamp, compile_s=round(compile_s, 1),
+        max_abs_pixel_diff_vs_eager=dev)
+    for b in args.batches:
+        fl = count_flops(lambda: eager(b))
+        _, secs = timed(lambda: fast(b), args.runs)
+        row(out, "sd15", "graph-loop + compiled VAE", secs, b, fl, stamp)
+        _, secs = timed(lambda: eager(b), 2)
+        row(out, "sd15", "baseline (diffusers eager)", secs, b, fl, stamp)
+
+
+def qwen(args, out, stamp):
+    import torch
+
+    from lightdiff.runtime import fastpath, loader
+    from lightdiff.workflows.base import generators
+
+    fastpath.persist_compile_cache()
+    lm = loader.load("qwen-image-2512", "synthetic", device="cuda")
+    pipe = lm.pipe
+    prompt = "a lighthouse at dusk"
+    pe, pm = pipe.encode_prompt(prompt, device="cuda")
+    ne, nm = pipe.encode_prompt(" ", device="cuda")
+    pipe.text_encoder.to("cpu")  # embeddings kept: the text encoder is not needed for denoising
+    torch.cuda.empty_cache()
+    size = args.size
+
+    def call():
+        return pipe(prompt_embeds=pe, prompt_embeds_mask=pm, negative_prompt_embeds=ne, negative_prompt_embeds_mask=nm,
+                    true_cfg_scale=4.0, width=size, height=size, num_inference_steps=20, generator=generators(1, 1),
+                    output_type="np").images
+
+    flops = count_flops(call)
+    torch.cuda.reset_peak_memory_stats()
+    ref, secs = timed(call, args.runs)
+    row(out, "qwen-image-2512", "baseline (diffusers eager, embeddings given)", secs, 1, flops, stamp, width=size)
+    for backend in args.attention:
+        try:
+            fastpath.apply_attention_backend(pipe, backend)
+            _, secs = timed(call, 2)
+            row(out, "qwen-image-2512", f"attention={backend}", secs, 1, flops, stamp, width=size)
+        except Exception as e:  # a backend this build lacks is a result, not a crash
+            print(f"attention {backend}: {type(e).__name__}: {e}"[:300], flush=True)
+    fastpath.apply_attention_backend(pipe, "native")
+    t0 = time.perf_counter()
+    pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    first, secs = timed(call, args.runs + 1)
+    row(out, "qwen-image-2512", "compile_repeated_blocks", secs[1:], 1, flops, stamp, width=size,
+        compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
+        max_abs_diff_vs_eager=float(abs(first - ref).max()))
+    if args.fp8:
+        n = fastpath.apply_quantisation(pipe, "fp8")
+        torch._dynamo.reset()
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        first, secs = timed(call, args.runs + 1)
+        import numpy as np
+
+        rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
+        row(out, "qwen-image-2512", f"fp8 dynamic (torchao, {n} linears) + compile", secs[1:], 1, flops, stamp,
+            width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1), rel_l2_vs_bf16=round(rel, 4))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=["sd15", "sd15-warm", "qwen"])
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--attention", type=lambda s: s.split(","), default=["_native_cudnn", "_native_flash"])
+    p.add_argument("--fp8", action="store_true")
+    args = p.parse_args()
+    from lightdiff.runtime.device import env_stamp
+
+    stamp = {k: v for k, v in env_stamp().items() if k not in ("gpus", "host_ram")}
+    with open(args.out, "a") as out:
+        if args.what == "qwen":
+            qwen(args, out, stamp)
+        else:
+            sd15(args, out, stamp, warm_only=args.what == "sd15-warm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
