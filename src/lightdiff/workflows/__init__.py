@@ -12,7 +12,7 @@ import pkgutil
 
 from lightdiff.errors import InvalidRequest
 
-_NOT_WORKFLOWS = {"base", "engine", "templates"}
+_NOT_WORKFLOWS = {"base", "engine", "images", "templates"}
 
 
 def names() -> list[str]:
