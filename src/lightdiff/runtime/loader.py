@@ -6,7 +6,8 @@ One option chooses the source (``--weights``):
 - a folder path: a diffusers folder (model_index.json at its root);
 - a ``.safetensors`` file: a single-file checkpoint as AUTOMATIC1111/ComfyUI keep them;
 - ``synthetic``: the real-size architecture with random weights made on the device (speed/memory work);
-- ``twin``: the spec's tiny twin (random, tiny, CPU-friendly).
+- ``twin``: the spec's tiny twin (random, tiny, CPU-friendly);
+- ``demo``: lightdiff's own demo model, packaged in lightdiff/data/demo (``auto`` for the demo spec).
 Pickle formats (.ckpt, .pt, .pth, .bin) can run code when loaded and are refused unless allowed.
 """
 
@@ -29,7 +30,7 @@ SAFE_SUFFIXES = {".safetensors", ".sft"}
 
 @dataclass(frozen=True)
 class WeightSource:
-    kind: str  # hub | local | single-file | synthetic | twin
+    kind: str  # hub | local | single-file | synthetic | twin | demo
     location: str | None = None  # repo id or path
 
     @property
@@ -51,6 +52,11 @@ def resolve_source(spec: ModelSpec, weights: str | None = "auto") -> WeightSourc
         return WeightSource("twin", spec.id if spec.is_twin else spec.twin)
     if w == "synthetic":
         return WeightSource("synthetic")
+    if w == "demo":
+        if spec.family != "sd15":
+            raise InvalidRequest("weights", f"The demo weights are an sd15-family model; {spec.id!r} is {spec.family}.",
+                                 "Use --model demo (or another sd15 model) with --weights demo.")
+        return WeightSource("demo", str(demo_weights_dir()))
     if w == "hub" or w.startswith("hub:"):
         repo = w[4:] if w.startswith("hub:") else spec.hub_repo
         if not repo:
@@ -71,6 +77,23 @@ def resolve_source(spec: ModelSpec, weights: str | None = "auto") -> WeightSourc
                          "Use auto, hub, hub:org/name, synthetic, twin, a diffusers folder or a .safetensors file.")
 
 
+def demo_weights_dir() -> Path:
+    """Where the demo model's diffusers folder is packaged (lightdiff/data/demo)."""
+    from importlib.resources import files
+
+    return Path(str(files("lightdiff") / "data" / "demo"))
+
+
+def _check_demo_weights(folder: str) -> None:
+    if not (Path(folder) / "model_index.json").is_file():
+        raise WeightsNotFound(
+            f"the demo weights are not in this install (no model_index.json in {folder}).",
+            "run `lightdiff train-demo --out DIR` (on a GPU: minutes) and copy DIR's diffusers folder there, "
+            "or pass --weights DIR; --weights twin runs the tiny random twin instead.",
+            details={"path": folder},
+        )
+
+
 @dataclass
 class LoadedModel:
     """A pipeline plus what it is: the spec, where its weights came from, device and dtype."""
@@ -83,6 +106,8 @@ class LoadedModel:
     load_s: float
     plan: str = "resident"
     plan_info: dict = field(default_factory=dict)
+    # the memory planner's run-time state (runtime/plan_apply.PlanState): prompt cache, VAE guard
+    plan_state: Any = None
     _derived: dict = field(default_factory=dict)
     # the scheduler config as loaded: every request derives its scheduler from this, so switching
     # schedulers never drifts (from_config across classes adds and drops keys)
@@ -108,8 +133,26 @@ class LoadedModel:
                 raise InvalidRequest("workflow", f"Model {self.spec.id!r} has no {workflow!r} pipeline.",
                                      f"Use one of: {', '.join(self.spec.pipelines)}.")
             cls = getattr(diffusers, self.spec.pipelines[workflow])
-            self._derived[key] = cls.from_pipe(self.pipe, **extra_components)
+            derived = _derive(cls, self.pipe, extra_components)
+            if self.plan_state is not None:  # the memory plan's prompt cache and VAE guard
+                self.plan_state.attach(derived)
+            self._derived[key] = derived
         return self._derived[key]
+
+
+def _derive(cls, pipe, extra_components: dict):
+    """A pipeline of class ``cls`` over ``pipe``'s own component objects, with nothing moved or cast.
+
+    diffusers' from_pipe casts every component to one dtype (float32 unless told otherwise), which
+    doubles a half-precision model's memory and undoes fp8 storage; constructing the class from the
+    same components (as diffusers documents for sharing components) keeps each one as placed."""
+    expected, optional = cls._get_signature_keys(cls)
+    kwargs = {k: v for k, v in pipe.components.items() if k in expected}
+    kwargs.update(extra_components)
+    kwargs.update({k: pipe.config[k] for k in optional if k in pipe.config and k not in kwargs})
+    derived = cls(**kwargs)
+    derived.set_progress_bar_config(disable=True)
+    return derived
 
 
 def _offline() -> bool:
@@ -227,6 +270,9 @@ def load(spec: ModelSpec | str, weights: str | None = "auto", device: str = "cpu
     elif source.kind == "hub":
         pipe = _load_hub(spec, source.location, dtype).to(device)
     elif source.kind == "local":
+        pipe = _load_local(spec, source.location, dtype).to(device)
+    elif source.kind == "demo":
+        _check_demo_weights(source.location)
         pipe = _load_local(spec, source.location, dtype).to(device)
     else:
         pipe = _load_single_file(spec, source.location, dtype, allow_unsafe_pickle).to(device)

@@ -1,26 +1,87 @@
 """The engine: one way to turn a request into saved images, shared by the CLI, server and benchmark.
 
-It picks the device, keeps loaded models in a pool, finds the workflow named by the request, runs
-it, and saves images atomically with their metadata.
+It picks the device and the memory plan, keeps loaded models in a pool, finds the workflow named
+by the request, runs it, and saves images atomically with their metadata.
+
+Running out of GPU memory is an outcome it handles, not a crash: after a CUDA OOM in any stage it
+frees memory and retries with the next cheaper step -- the batch split in halves, then VAE
+tiling/slicing, then the next cheaper memory plan (the model reloaded under it) -- a bounded
+number of times. Every step taken is in each image's metadata ("fallbacks") and in the result's
+warnings. When nothing is left it raises OutOfMemory saying what the request needs and what to
+change; the engine stays usable for the next request. Decoded images are checked: NaN pixels
+(caught at the VAE decode) or all-black images get one float32 VAE retry for sd15, then BadOutput.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections import deque
 from pathlib import Path
 
 from lightdiff import outputs, specs, workflows
-from lightdiff.runtime.device import cap_vram, pick_device
-from lightdiff.runtime.pool import PipelinePool
+from lightdiff.errors import BadOutput, OutOfMemory
+from lightdiff.runtime import plan as plans
+from lightdiff.runtime.device import GiB, cap_vram, pick_device
+from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
+
+
+def is_oom(error: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.OutOfMemoryError, or a RuntimeError saying so)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
-                 allow_unsafe_pickle: bool | None = None):
+                 allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
+                 max_retries: int = 8):
         self.device = pick_device(device)
+        if plan != "auto":  # an unknown name, or one this device cannot run, fails before anything loads
+            strategy = plans.Strategy.named(plan)
+            if not plans.usable(strategy, self.device):
+                from lightdiff.errors import InvalidRequest
+
+                raise InvalidRequest("plan", f"Plan {plan!r} needs a CUDA device; this engine runs on {self.device}.",
+                                     "Use --device cuda on a machine with a GPU, or another --plan.")
+        self.plan = plan
         self.vram_budget_gb = vram_budget_gb
-        cap_vram(vram_budget_gb, self.device)
+        self.ram_budget_gb = ram_budget_gb
+        self.max_retries = max_retries
+        cap_vram(vram_budget_gb, self.device)  # a budget smaller than the card: the allocator enforces it
         self.pool = PipelinePool(self.device, max_loaded=max_loaded, allow_unsafe_pickle=allow_unsafe_pickle)
+        self._free_vram_gb: float | None = None
+
+    # --- budget and card ---------------------------------------------------------------------
+
+    def budget_gb(self) -> float | None:
+        """The VRAM budget plans are chosen for: the one given, else (CUDA) what was free at first use."""
+        if self.vram_budget_gb is not None or not self.device.startswith("cuda"):
+            return self.vram_budget_gb
+        if self._free_vram_gb is None:
+            import torch
+
+            idx = torch.device(self.device).index or 0
+            free, _ = torch.cuda.mem_get_info(idx)
+            self._free_vram_gb = (free + torch.cuda.memory_reserved(idx)) / GiB
+        return self._free_vram_gb
+
+    def card(self):
+        if not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        from lightdiff.errors import InvalidRequest
+        from lightdiff.specs.cards import find_card
+
+        try:
+            return find_card(torch.cuda.get_device_name(torch.device(self.device).index or 0))
+        except InvalidRequest:
+            return None  # an unlisted card: speeds are predicted for the reference card
+
+    # --- requests ------------------------------------------------------------------------------
 
     def parse(self, request: dict):
         """Validate a request (a dict with an optional 'workflow' key) before anything runs."""
@@ -33,10 +94,132 @@ class Engine:
             wf.validate(req, spec)
         return wf, req
 
+    def plan_for(self, request: dict):
+        """The plan a request would run under (DoesNotFit when none is predicted to fit), and warnings."""
+        wf, req = self.parse(request)
+        return self._plan(req, resolve(req, specs.get(req.model)))
+
+    def _plan(self, req, r):
+        spec = r.spec
+        kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_budget_gb, card=self.card(), steps=r.steps)
+        loaded = self.pool.peek(req.model, req.weights)
+        state = getattr(loaded, "plan_state", None)
+        again = None
+        if state is not None and not state.plan.options.get("fallback"):
+            again = state.plan.at(r.width, r.height, r.batch_size, r.steps)
+        if self.plan != "auto":
+            asked = plans.plan_for(plans.Strategy.named(self.plan), spec, r.width, r.height, r.batch_size, **kw)
+            if again is not None and again.name == asked.name and (again.estimate.fits or not asked.estimate.fits):
+                asked = again  # the loaded placement of the asked plan: no reload
+            if asked.estimate.fits:
+                return asked, []
+            return asked, [f"Plan {asked.name} is predicted not to fit ({asked.estimate.reason}); trying it, "
+                           f"with the out-of-memory fallbacks."]
+        if again is not None and again.estimate.fits:
+            return again, []  # the loaded placement serves this request too: no reload
+        chosen = plans.choose(spec, r.width, r.height, r.batch_size, kw["vram_gb"], kw["ram_gb"], kw["card"], r.steps,
+                              device=self.device)
+        return chosen, []
+
     def run(self, request: dict, progress=None, cancel=None) -> GenerationResult:
         wf, req = self.parse(request)
-        loaded = self.pool.get(req.model, req.weights, progress=progress)
-        return wf.run(loaded, req, progress=progress, cancel=cancel)
+        if req.seed is None:  # fixed now, so a batch split after an OOM reproduces the same images
+            req = req.model_copy(update={"seed": secrets.randbelow(2**32)})
+        r = resolve(req, specs.get(req.model))
+        plan, warnings = self._plan(req, r)
+        return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
+
+    # --- the OOM back-off ----------------------------------------------------------------------
+
+    def _run_with_backoff(self, wf, req, r, plan, warnings, progress, cancel) -> GenerationResult:
+        chunks = deque([(0, req.batch_size)])  # (first image index, images) still to make
+        done: list[tuple[int, GenerationResult]] = []
+        fallbacks: list[str] = []
+        tried: set = set()
+        attempts = 0
+        tiled = bool(plan.options.get("vae_tiling"))
+        while chunks:
+            offset, n = chunks[0]
+            stage, error = "load", None
+            loaded = None
+            try:
+                loaded = self.pool.get(req.model, req.weights, progress=progress, plan=plan)
+                state = loaded.plan_state
+                if state.plan is not plan:  # the loaded placement, re-estimated for this request
+                    state.plan, loaded.plan_info = plan, plan.info()
+                state.stage, state.events = "denoise", []
+                if tiled and not getattr(loaded.pipe.vae, "use_tiling", False):
+                    _enable_tiling(loaded)
+                sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
+                result = wf.run(loaded, sub, progress=progress, cancel=cancel)
+                fallbacks.extend(e for e in state.events if e not in fallbacks)
+                if result.images and _all_black(result.images):
+                    self._black_output(loaded, r, fallbacks)
+                    attempts += 1
+                    continue  # decode again with the float32 VAE
+                done.append((offset, result))
+                chunks.popleft()
+                continue
+            except Exception as e:  # only CUDA OOM is handled; anything else propagates unchanged
+                if not is_oom(e):
+                    raise
+                stage = loaded.plan_state.stage if loaded is not None and loaded.plan_state else "load"
+                error = str(e).strip().splitlines()[0][:240]
+            # here the exception and its frames (and the tensors they held) are gone
+            _release(loaded, self.device)
+            attempts += 1
+            if attempts > self.max_retries:
+                raise self._out_of_memory(r, plan, stage, error, fallbacks)
+            if stage == "decode" and not tiled:
+                tiled = True
+                fallbacks.append("vae-tiling")
+            elif n > 1:
+                half = n // 2
+                chunks.popleft()
+                chunks.extendleft([(offset + half, n - half), (offset, half)])
+                fallbacks.append(f"split-batch {n}->{half}+{n - half}")
+            elif not tiled:
+                tiled = True
+                fallbacks.append("vae-tiling")
+            else:
+                nxt = plans.cheaper(plan, tried, r.steps, device=self.device)
+                if nxt is None:
+                    raise self._out_of_memory(r, plan, stage, error, fallbacks)
+                tried.add(plans.plan_key(plan))
+                fallbacks.append(f"plan {plan.name}->{nxt.name}")
+                plan = nxt.with_options(fallback=True, vae_tiling=True, vae_slicing=True)
+                del loaded
+                self.pool.evict((req.model, req.weights))  # free the old placement before the new one loads
+        return _merge(done, req, warnings, fallbacks)
+
+    def _black_output(self, loaded, r, fallbacks: list[str]) -> None:
+        """All images black: for sd15 decode again with a float32 VAE once; otherwise BadOutput."""
+        import torch
+
+        state = loaded.plan_state
+        if r.spec.family == "sd15" and not state.vae_fp32:
+            state.vae_fp32 = True
+            loaded.pipe.vae.to(torch.float32)
+            fallbacks.append("vae-fp32")
+            return
+        raise BadOutput(
+            f"{r.spec.id} produced all-black images at {r.width}x{r.height} (seed {r.seed}, plan {loaded.plan}"
+            + (", VAE already in float32)." if state.vae_fp32 else ")."),
+            "Try another seed or scheduler, or --plan resident; all-black output usually means NaN in fp16.")
+
+    def _out_of_memory(self, r, plan, stage: str, error: str | None, fallbacks: list[str]) -> OutOfMemory:
+        budget = self.budget_gb()
+        need = plan.estimate.peak_vram_gb * 1.05 + 0.5
+        size = f"{r.spec.id} at {r.width}x{r.height}" + (f", batch {r.batch_size}" if r.batch_size > 1 else "")
+        budget_text = f"the budget is {budget:.1f} GB" if budget is not None else "no budget was set"
+        return OutOfMemory(
+            f"{size} ran out of GPU memory during {stage} with plan {plan.name} ({error}). "
+            f"Tried: {', '.join(fallbacks) or 'nothing else was left'}. It needs about {need:.1f} GB "
+            f"with plan {plan.name}; {budget_text}.",
+            "Use --plan sequential-offload (least VRAM, slowest), a smaller size or batch, "
+            "or a larger --vram-budget.",
+            details={"model": r.spec.id, "width": r.width, "height": r.height, "batch": r.batch_size,
+                     "plan": plan.name, "stage": stage, "fallbacks": fallbacks, "vram_budget_gb": budget})
 
     @staticmethod
     def save(result: GenerationResult, out_dir: str | Path) -> list[str]:
@@ -49,3 +232,43 @@ class Engine:
             if hasattr(image, "save") and paths:
                 outputs.save_png(image, Path(paths[0]).with_suffix(f".{name}.png"), {"of": paths[0], "kind": name})
         return paths
+
+
+def _enable_tiling(loaded) -> None:
+    from lightdiff.runtime.plan_apply import enable_vae_tiling
+
+    enable_vae_tiling(loaded)
+
+
+def _release(loaded, device: str) -> None:
+    """After an OOM: let accelerate's offload hooks put their models back, then free cached memory."""
+    if loaded is not None and loaded.plan in ("model-offload", "sequential-offload"):
+        loaded.pipe.maybe_free_model_hooks()
+    free_memory(device)
+
+
+def _all_black(images) -> bool:
+    import numpy as np
+
+    return all(int(np.asarray(image).max()) == 0 for image in images)
+
+
+def _merge(done: list, req, warnings: list[str], fallbacks: list[str]) -> GenerationResult:
+    """One result from the parts of a split batch, numbered as if made in one call."""
+    done.sort(key=lambda part: part[0])
+    out = GenerationResult(images=[], metadata=[], warnings=list(warnings))
+    for offset, res in done:
+        for i, meta in enumerate(res.metadata):
+            meta["index"] = offset + i
+            meta["batch_seed"] = req.seed
+            meta["fallbacks"] = list(fallbacks)
+        out.images.extend(res.images)
+        out.metadata.extend(res.metadata)
+        out.warnings.extend(w for w in res.warnings if w not in out.warnings)
+        for k, v in res.timings.items():
+            out.timings[k] = round(out.timings.get(k, 0.0) + v, 4)
+        for k, v in res.extras.items():
+            out.extras.setdefault(k, v)
+    if fallbacks:
+        out.warnings.append("Recovered from a memory or output problem with: " + ", ".join(fallbacks) + ".")
+    return out
