@@ -163,10 +163,12 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. the ControlNet edge map
     paths: list[str] = field(default_factory=list)
+    # images asked for but not made (batch after out-of-memory back-off): what each was and why
+    missing: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"metadata": self.metadata, "warnings": self.warnings, "timings": self.timings,
-                "paths": self.paths}
+                "paths": self.paths, "missing": self.missing}
 
 
 def step_callback(steps: int, progress: Progress | None, cancel) -> Callable:

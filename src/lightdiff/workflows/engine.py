@@ -261,8 +261,10 @@ def _merge(done: list, req, warnings: list[str], fallbacks: list[str]) -> Genera
         for i, meta in enumerate(res.metadata):
             meta["index"] = offset + i
             meta["batch_seed"] = req.seed
-            meta["fallbacks"] = list(fallbacks)
+            own = meta.get("fallbacks", [])  # a workflow's own back-off (batch) comes first
+            meta["fallbacks"] = own + [f for f in fallbacks if f not in own]
         out.images.extend(res.images)
+        out.missing.extend(res.missing)
         out.metadata.extend(res.metadata)
         out.warnings.extend(w for w in res.warnings if w not in out.warnings)
         for k, v in res.timings.items():
