@@ -24,6 +24,9 @@ def add_generation_arguments(p):
     p.add_argument("--scheduler")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--vram-budget", type=float, help="GB: behave like a card of this size")
+    p.add_argument("--ram-budget", type=float, help="GB of host RAM the offload plans may use")
+    p.add_argument("--plan", default="auto",
+                   help="memory plan: auto (the fastest that fits; see `lightdiff fit`) or a plan name")
     p.add_argument("-o", "--output-dir", default=settings.get("output_dir"))
     p.add_argument("--runs", type=int, default=1,
                    help="generate N times with the same request and print each run's time (the first run "
@@ -112,8 +115,8 @@ def run(args) -> int:
     if args.runs < 1:
         raise InvalidRequest("runs", f"--runs {args.runs} must be at least 1.", "Use --runs 3 to time warm runs.")
     request = request_from_args(args)
-    engine = Engine(device=args.device, vram_budget_gb=args.vram_budget,
-                    allow_unsafe_pickle=args.allow_unsafe_pickle or None)
+    engine = Engine(device=args.device, vram_budget_gb=args.vram_budget, ram_budget_gb=args.ram_budget,
+                    plan=args.plan, allow_unsafe_pickle=args.allow_unsafe_pickle or None)
     engine.parse(request)  # validate before loading anything
     result, timings = _timed_runs(engine, request, args.runs)
     paths = engine.save(result, args.output_dir)
