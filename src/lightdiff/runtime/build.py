@@ -41,6 +41,12 @@ def _construct(comp: ComponentSpec):
 
 def build_non_module(comp: ComponentSpec):
     """Schedulers and tokenizers: cheap, no weights."""
+    if comp.library == "lightdiff" and comp.cls == "StandinTokenizer" and comp.config.get("style") == "demo":
+        # the demo model's real tokenizer (word level, English + Chinese); it keeps the stand-in's
+        # class name so the demo spec shares its component classes with its twin tiny-sd15
+        from lightdiff.demo.vocab import build_tokenizer
+
+        return build_tokenizer(comp.config.get("model_max_length", 32))
     if comp.library == "lightdiff" and comp.cls == "StandinTokenizer":
         from lightdiff.runtime.tokenizer import standin_tokenizer
 

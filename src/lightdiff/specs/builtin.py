@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from lightdiff.demo import model as demo_model  # torch-free: the demo model's configs as plain dicts
 from lightdiff.specs.model_spec import ComponentSpec, Defaults, ModelSpec
 
 # --- Stable Diffusion 1.5 -------------------------------------------------------------------
@@ -232,4 +233,22 @@ TINY_QWEN_IMAGE = ModelSpec(
     ),
 )
 
-BUILTIN = [SD15, TINY_SD15, QWEN_IMAGE, QWEN_IMAGE_2512, TINY_QWEN_IMAGE]
+# --- lightdiff's own demo model (trained by `lightdiff train-demo`, shipped in lightdiff/data/demo) --
+
+DEMO = ModelSpec(
+    id="demo",
+    family="sd15",
+    description="lightdiff's demo model: a small SD1.5-family model trained on procedural shape scenes "
+                "(English and Chinese captions), 128x128, seconds on a CPU",
+    pipelines=SD15_PIPELINES,
+    source="demo",
+    twin="tiny-sd15",
+    is_twin=False,
+    defaults=Defaults(steps=20, guidance=5.0, width=demo_model.RESOLUTION, height=demo_model.RESOLUTION,
+                      scheduler="euler", max_prompt_tokens=demo_model.MAX_TOKENS - 2),
+    components=_sd15_components(unet=demo_model.UNET_CONFIG, vae=demo_model.VAE_CONFIG,
+                                text=demo_model.TEXT_ENCODER_CONFIG, params=demo_model.PARAMS_M,
+                                tokenizer=demo_model.TOKENIZER_CONFIG),
+)
+
+BUILTIN = [SD15, TINY_SD15, QWEN_IMAGE, QWEN_IMAGE_2512, TINY_QWEN_IMAGE, DEMO]

@@ -1,0 +1,872 @@
+"""Train lightdiff's demo model (``lightdiff.demo.model``) on procedural scenes, on one GPU in minutes.
+
+    PYTHONUNBUFFERED=1 python -m lightdiff.demo.train --out DIR --minutes 8 --seed 0 --device cuda
+    lightdiff train-demo --out DIR --smoke          # CPU, tiny data, a few steps: every code path
+
+Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; eval comes after):
+0. Data: ``--scenes`` training scenes (train split, 50/50 English/Chinese captions) rendered by a
+   process pool while phase 1 runs; each comes with its canny edges and the caption of its mirror
+   image, so a horizontal flip is a free second sample (left/right words swapped, see
+   ``mirror_scene``). Images stay as one uint8 tensor on the device.
+1. VAE (its share of the budget, ``TrainConfig.split``): L1 + L2 reconstruction on random crops,
+   small KL weight. Then the latents are normalised to unit variance per channel by folding the statistics into the
+   VAE's 1x1 quant convs (exact), and every image and its mirror is encoded once.
+2. UNet + text encoder jointly: epsilon prediction on SD1.5's noise schedule, min-SNR-5 weighting,
+   10 % empty captions (classifier-free guidance), bf16 autocast, AdamW, EMA of both.
+   Saves the complete diffusers folder (fp16 safetensors) in DIR.
+3. Canny ControlNet from the UNet (frozen UNet and text encoder); saved in DIR/controlnet.
+4. Eval: held-out captions (colour x shape pairs never trained on) generated with the saved folder,
+   scored by ``lightdiff.demo.checker``; DIR/eval.json, sample grids, DIR/summary.json.
+
+Every phase ends with a checkpoint on disk, so a run killed later still leaves a usable part.
+Losses go to DIR/losses.jsonl and DIR/losses.png. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+BARS = {"colour_shape": 80.0, "position": 60.0}  # percent on held-out captions, for the shipped model
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    minutes: float = 8.0
+    seed: int = 0
+    device: str = "cuda"
+    smoke: bool = False
+    scenes: int = 100_000
+    size: int = 128
+    workers: int = 0  # 0: one per CPU core but one, at most 15
+    chunk: int = 500  # scenes per render task
+    split: tuple[float, float, float] = (0.2, 0.65, 0.15)  # VAE / UNet+text / ControlNet share of --minutes
+    vae_batch: int = 256
+    vae_crop: int = 64
+    vae_lr: float = 1e-3  # LDM's VAE rule, 4.5e-6 x batch, gives 1.15e-3 at 256
+    vae_warmup: int = 100
+    kl_weight: float = 1e-6  # per pixel, as SD's VAE (KL summed, reconstruction summed)
+    unet_batch: int = 512
+    unet_lr: float = 5e-4
+    unet_warmup: int = 300
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    cn_batch: int = 256
+    cn_lr: float = 3e-4
+    cn_warmup: int = 50
+    cn_caption_dropout: float = 0.3
+    max_steps: int | None = None  # per phase (smoke); None: time alone ends a phase
+    render_wait_s: float = 60.0  # after phase 1, wait at most this long for the rest of the scenes
+    encode_batch: int = 1024
+    eval_n: int = 200
+    eval_steps: int = 20
+    eval_guidance: tuple[float, ...] = (3.0, 5.0, 7.5)
+    eval_batch: int = 50
+    eval_controlnet_n: int = 50
+    log_every: int = 50
+    fp16: bool = True
+    cpu_threads: int | None = None  # torch intra-op threads for this run (None: leave as is)
+    bf16: bool | None = None  # bf16 autocast; None: on CUDA only
+
+    @classmethod
+    def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
+        """CPU, 64x64, tiny data and a few steps per phase: exercises every code path in seconds."""
+        base = dict(out=out, minutes=2.0, device="cpu", smoke=True, scenes=48, size=64, workers=2, chunk=16,
+                    vae_batch=8, vae_crop=32, unet_batch=8, cn_batch=4, vae_warmup=2, unet_warmup=2, cn_warmup=2,
+                    max_steps=3,
+                    render_wait_s=60.0, encode_batch=16, eval_n=4, eval_steps=2, eval_guidance=(5.0,),
+                    eval_batch=4, eval_controlnet_n=2, log_every=1,
+                    # one thread: tiny ops gain nothing from two, and a busy machine stalls two at every barrier
+                    cpu_threads=1, bf16=True)
+        base.update(kw)
+        return cls(**base)
+
+
+# ---------------------------------------------------------------- data
+
+def mirror_scene(scene):
+    """The scene flipped left-right: x mirrored, tilts negated, left/right words and horizontal
+    gradients swapped. Shapes are left-right symmetric, so the flipped render is this scene's render
+    (up to the direction of diagonal stripes)."""
+    from lightdiff.demo.scenes import Background
+
+    swap = {"left": "right", "right": "left", "left of": "right of", "right of": "left of"}
+    objects = tuple(replace(o, cx=1.0 - o.cx, angle=-o.angle) for o in scene.objects)
+    bg = scene.background
+    if bg.kind == "horizontal":
+        bg = Background(bg.kind, tuple(reversed(bg.colours)))
+    return replace(scene, objects=objects, background=bg,
+                   relation=swap.get(scene.relation, scene.relation), position=swap.get(scene.position, scene.position))
+
+
+def caption_language(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def render_chunk(task: tuple) -> tuple:
+    """Worker: scenes [start, stop) of a split -> images, canny edges, captions, mirrored captions."""
+    import numpy as np
+
+    from lightdiff.demo.model import canny_edges
+    from lightdiff.demo.scenes import SceneDataset, caption, render
+
+    seed, split, start, stop, size = task
+    ds = SceneDataset(seed=seed, length=stop, size=size, split=split)
+    n = stop - start
+    images = np.empty((n, size, size, 3), np.uint8)
+    edges = np.empty((n, size, size), np.uint8)
+    captions, mirrored = [], []
+    for k, i in enumerate(range(start, stop)):
+        scene, text = ds.scene_and_caption(i)
+        images[k] = np.asarray(render(scene, size))
+        edges[k] = canny_edges(images[k])
+        captions.append(text)
+        mirrored.append(caption(mirror_scene(scene), caption_language(text)))
+    return start, images, edges, captions, mirrored
+
+
+class SceneRenderer:
+    """Renders the training scenes in a process pool while training runs; ``ready`` scenes (a
+    contiguous prefix) can be used at any time."""
+
+    def __init__(self, cfg: TrainConfig):
+        import numpy as np
+
+        n, s = cfg.scenes, cfg.size
+        self.n = n
+        self.images = np.empty((n, s, s, 3), np.uint8)
+        self.edges = np.empty((n, s, s), np.uint8)
+        self.captions: list[str | None] = [None] * n
+        self.mirrored: list[str | None] = [None] * n
+        self.ready = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s) for a in range(0, n, cfg.chunk)]
+        workers = cfg.workers or max(1, min(15, (os.cpu_count() or 2) - 1))
+        self.pool = None
+        if workers > 1:
+            import multiprocessing as mp
+
+            # spawn, not fork: the parent initialises CUDA, which a forked child must never inherit
+            self.pool = mp.get_context("spawn").Pool(workers)
+            results = self.pool.imap(render_chunk, tasks)
+        else:
+            results = map(render_chunk, tasks)
+        self.t0 = time.perf_counter()
+        self.seconds = None
+        self._thread = threading.Thread(target=self._collect, args=(results, self.pool is not None), daemon=True)
+        self._thread.start()
+
+    def _collect(self, results, pooled: bool) -> None:
+        import multiprocessing as mp
+
+        try:
+            while not self._stop.is_set():
+                try:  # a timeout, so that stop() is noticed while a chunk is still rendering
+                    item = results.next(timeout=0.5) if pooled else next(results)
+                except mp.TimeoutError:
+                    continue
+                except StopIteration:
+                    break
+                start, images, edges, captions, mirrored = item
+                stop = start + len(captions)
+                self.images[start:stop], self.edges[start:stop] = images, edges
+                self.captions[start:stop], self.mirrored[start:stop] = captions, mirrored
+                self.ready = stop
+        except BaseException as e:  # surfaced to the training loop by check()
+            self.error = e
+        finally:
+            self.seconds = time.perf_counter() - self.t0
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"scene rendering failed: {self.error!r}") from self.error
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def finish(self, wait_s: float) -> int:
+        """Wait up to ``wait_s`` for the rest, then stop the pool; returns how many scenes are ready."""
+        self._thread.join(timeout=max(0.0, wait_s))
+        self.stop()
+        self.check()
+        return self.ready
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+class DeviceImages:
+    """The rendered images on the training device, copied over as they become ready."""
+
+    def __init__(self, renderer: SceneRenderer, device):
+        import torch
+
+        self.renderer, self.copied = renderer, 0
+        r = renderer
+        self.images = torch.empty(r.images.shape, dtype=torch.uint8, device=device)
+        self.edges = torch.empty(r.edges.shape, dtype=torch.uint8, device=device)
+
+    def sync(self) -> int:
+        import torch
+
+        ready = self.renderer.ready
+        if ready > self.copied:
+            a, b = self.copied, ready
+            self.images[a:b].copy_(torch.from_numpy(self.renderer.images[a:b]))
+            self.edges[a:b].copy_(torch.from_numpy(self.renderer.edges[a:b]))
+            self.copied = ready
+        return self.copied
+
+
+# ---------------------------------------------------------------- helpers
+
+class Log:
+    """Loss curves: one JSON line per logged step in DIR/losses.jsonl, and the same printed."""
+
+    def __init__(self, out: Path, t0: float):
+        self.path, self.t0, self.rows = out / "losses.jsonl", t0, []
+        self.path.write_text("")
+
+    def __call__(self, phase: str, step: int, **values) -> None:
+        row = {"phase": phase, "step": step, "t": round(time.perf_counter() - self.t0, 2),
+               **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def final(self, phase: str, key: str = "loss", last: int = 5) -> float | None:
+        values = [r[key] for r in self.rows if r["phase"] == phase and key in r][-last:]
+        return sum(values) / len(values) if values else None
+
+    def plot(self, out: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        phases = [p for p in ("vae", "unet", "controlnet") if any(r["phase"] == p for r in self.rows)]
+        if not phases:
+            return
+        fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.6), squeeze=False)
+        for ax, phase in zip(axes[0], phases):
+            rows = [r for r in self.rows if r["phase"] == phase]
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+            ax.set_title(f"{phase} loss")
+            ax.set_xlabel("step")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "losses.png", dpi=110)
+        plt.close(fig)
+
+
+def lr_at(base: float, step: int, frac: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % over the phase's time box (``frac`` of it spent)."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return base * warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, frac))))
+
+
+class Phase:
+    """A time-boxed loop: ends at an absolute deadline or after ``max_steps``."""
+
+    def __init__(self, name: str, deadline: float, max_steps: int | None):
+        self.name, self.deadline, self.max_steps = name, deadline, max_steps
+        self.t0 = time.perf_counter()
+        self.step = 0
+
+    @property
+    def frac(self) -> float:
+        span = max(1e-6, self.deadline - self.t0)
+        return (time.perf_counter() - self.t0) / span
+
+    def running(self) -> bool:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return False
+        return time.perf_counter() < self.deadline or self.step == 0  # every phase takes one step
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def to_model_input(images_u8, crop: int | None = None, offset: tuple[int, int] = (0, 0)):
+    """uint8 NHWC -> float NCHW in [-1, 1], channels_last."""
+    import torch
+
+    x = images_u8
+    if crop is not None:
+        oy, ox = offset
+        x = x[:, oy:oy + crop, ox:ox + crop]
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def bf16_autocast(cfg: TrainConfig, device):
+    """bf16 autocast on CUDA (and on the CPU when asked: the smoke run checks that code path)."""
+    import torch
+
+    enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def half_copy(module, fp16: bool):
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(module).to("cpu")
+    return twin.to(torch.float16) if fp16 else twin
+
+
+def folder_bytes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))}
+
+
+# ---------------------------------------------------------------- phase 1: VAE
+
+def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer, deadline: float, log: Log, device):
+    import torch
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    autocast = bf16_autocast(cfg, device)
+    phase, acc, acc_n = Phase("vae", deadline, cfg.max_steps), None, 0
+    crop = min(cfg.vae_crop, cfg.size)
+    vae.train()
+    while phase.running():
+        renderer.check()
+        available = data.sync()
+        if available == 0:
+            time.sleep(0.05)
+            continue
+        lr = lr_at(cfg.vae_lr, phase.step, phase.frac, cfg.vae_warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, available, (cfg.vae_batch,), device=device)
+        batch = data.images[idx]
+        if torch.rand(()) < 0.5:
+            batch = batch.flip(2)
+        oy, ox = (int(v) for v in torch.randint(0, cfg.size - crop + 1, (2,)))
+        x = to_model_input(batch, crop, (oy, ox))
+        with autocast:
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample.float()
+        l1 = (rec - x).abs().mean()
+        l2 = (rec - x).pow(2).mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = l1 + l2 + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        acc = loss.detach() if acc is None else acc + loss.detach()
+        acc_n += 1
+        phase.step += 1
+        if phase.step % cfg.log_every == 0:
+            log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1.detach()), lr=lr, scenes_ready=available)
+            acc, acc_n = None, 0
+    if acc_n:
+        log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1.detach()), lr=lr, scenes_ready=data.copied)
+    vae.eval()
+    return phase
+
+
+def normalise_latents(vae, images, device, batch: int = 256) -> dict:
+    """Rescale the VAE so latents have zero mean and unit variance per channel (scaling_factor 1).
+
+    quant_conv (encoder side) and post_quant_conv (decoder side) are 1x1 convs, so the statistics fold
+    into them exactly: mean' = (mean - m) / s, logvar' = logvar - 2 log s; the decoder undoes it.
+    """
+    import torch
+
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(to_model_input(images[i:i + batch])).latent_dist.mean.float()
+                         for i in range(0, len(images), batch)])
+        m = lat.mean(dim=(0, 2, 3))
+        s = lat.std(dim=(0, 2, 3)).clamp_min(1e-4)
+        c = vae.config.latent_channels
+        qw, qb = vae.quant_conv.weight, vae.quant_conv.bias
+        qw[:c] /= s.view(-1, 1, 1, 1)
+        qb[:c] = (qb[:c] - m) / s
+        qb[c:] -= 2 * torch.log(s)
+        pw, pb = vae.post_quant_conv.weight, vae.post_quant_conv.bias
+        pb += (pw[:, :, 0, 0] * m.view(1, -1)).sum(dim=1)
+        pw *= s.view(1, -1, 1, 1)
+    return {"channel_mean": [round(float(v), 5) for v in m], "channel_std": [round(float(v), 5) for v in s]}
+
+
+def encode_all(cfg: TrainConfig, vae, images, device, batch: int):
+    """Posterior means of every image and of its mirror: [2N, C, h, w] fp16 (mirrors second)."""
+    import torch
+
+    n = len(images)
+    out = None
+    autocast = bf16_autocast(cfg, device)
+    with torch.no_grad(), autocast:
+        for flip in (False, True):
+            for i in range(0, n, batch):
+                x = images[i:i + batch]
+                x = to_model_input(x.flip(2) if flip else x)
+                z = vae.encode(x).latent_dist.mean.to(torch.float16)
+                if out is None:
+                    out = torch.empty((2 * n, *z.shape[1:]), dtype=torch.float16, device=device)
+                out[i + n * flip:i + n * flip + len(z)] = z
+    return out
+
+
+# ---------------------------------------------------------------- phase 2: UNet + text encoder
+
+def tokenize(tokenizer, texts: list[str], device):
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.to(device)
+
+
+def train_unet(cfg: TrainConfig, unet, text_encoder, latents, tokens, empty_ids, noise_scheduler,
+               deadline: float, log: Log, device):
+    import torch
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
+    autocast = bf16_autocast(cfg, device)
+    num_t = noise_scheduler.config.num_train_timesteps
+    phase, acc, acc_n = Phase("unet", deadline, cfg.max_steps), None, 0
+    unet.train()
+    text_encoder.train()
+    while phase.running():
+        lr = lr_at(cfg.unet_lr, phase.step, phase.frac, cfg.unet_warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), device=device)
+        z0 = latents[idx].float()
+        ids = tokens[idx]
+        drop = torch.rand(len(ids), device=device) < cfg.caption_dropout
+        ids = torch.where(drop[:, None], empty_ids[None], ids)
+        t = torch.randint(0, num_t, (len(ids),), device=device)
+        noise = torch.randn_like(z0)
+        zt = noise_scheduler.add_noise(z0, noise, t).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            context = text_encoder(ids)[0]
+            pred = unet(zt, t, context).sample.float()
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.step(params)
+        acc = loss.detach() if acc is None else acc + loss.detach()
+        acc_n += 1
+        phase.step += 1
+        if phase.step % cfg.log_every == 0:
+            log("unet", phase.step, loss=float(acc) / acc_n, lr=lr)
+            acc, acc_n = None, 0
+    if acc_n:
+        log("unet", phase.step, loss=float(acc) / acc_n, lr=lr)
+    ema.copy_to(params)  # ship the averaged weights
+    unet.eval()
+    text_encoder.eval()
+    return phase
+
+
+# ---------------------------------------------------------------- phase 3: ControlNet
+
+def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, latents, tokens, empty_ids, edges,
+                     noise_scheduler, deadline: float, log: Log, device):
+    import torch
+
+    for m in (unet, text_encoder):
+        m.requires_grad_(False)
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.cn_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    autocast = bf16_autocast(cfg, device)
+    n = len(edges)
+    phase, acc, acc_n = Phase("controlnet", deadline, cfg.max_steps), None, 0
+    controlnet.train()
+    while phase.running():
+        lr = lr_at(cfg.cn_lr, phase.step, phase.frac, cfg.cn_warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(latents), (cfg.cn_batch,), device=device)
+        mirrored = idx >= n
+        edge = edges[idx % n].float().div_(255.0)
+        edge = torch.where(mirrored[:, None, None], edge.flip(2), edge)
+        cond = edge[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+        z0 = latents[idx].float()
+        ids = torch.where((torch.rand(len(idx), device=device) < cfg.cn_caption_dropout)[:, None],
+                          empty_ids[None], tokens[idx])
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), device=device)
+        noise = torch.randn_like(z0)
+        zt = noise_scheduler.add_noise(z0, noise, t).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            with torch.no_grad():
+                context = text_encoder(ids)[0]
+            down, mid = controlnet(zt, t, encoder_hidden_states=context, controlnet_cond=cond, return_dict=False)
+            pred = unet(zt, t, context, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample.float()
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        acc = loss.detach() if acc is None else acc + loss.detach()
+        acc_n += 1
+        phase.step += 1
+        if phase.step % cfg.log_every == 0:
+            log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr)
+            acc, acc_n = None, 0
+    if acc_n:
+        log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr)
+    controlnet.eval()
+    return phase
+
+
+# ---------------------------------------------------------------- eval
+
+def grid(images, columns: int = 8):
+    from PIL import Image
+
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * w, rows * h), (128, 128, 128))
+    for i, img in enumerate(images):
+        sheet.paste(img, ((i % columns) * w, (i // columns) * h))
+    return sheet
+
+
+def _percent(results, name: str) -> float:
+    return round(100.0 * sum(getattr(r, f"{name}_ok") for r in results) / max(1, len(results)), 2)
+
+
+def _generate(pipe, prompts, cfg: TrainConfig, guidance: float, seed: int, **extra):
+    import torch
+
+    images = []
+    for a in range(0, len(prompts), cfg.eval_batch):
+        chunk = prompts[a:a + cfg.eval_batch]
+        gens = [torch.Generator("cpu").manual_seed(seed + a + i) for i in range(len(chunk))]
+        kw = {k: v[a:a + cfg.eval_batch] if isinstance(v, list) else v for k, v in extra.items()}
+        out = pipe(prompt=chunk, num_inference_steps=cfg.eval_steps, guidance_scale=guidance,
+                   height=cfg.size, width=cfg.size, generator=gens, **kw)
+        images.extend(out.images)
+    return images
+
+
+def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
+    """Generate from held-out captions with the saved folder and score prompt adherence."""
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+    from PIL import Image
+
+    from lightdiff.demo.checker import CRITERIA, score_many
+    from lightdiff.demo.model import canny_edges
+    from lightdiff.demo.scenes import SceneDataset
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=dtype, safety_checker=None,
+                                                   requires_safety_checker=False).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    heldout = SceneDataset(seed=cfg.seed, length=cfg.eval_n, size=cfg.size, split="heldout", lang_mix=0.5)
+    samples = [heldout[i] for i in range(cfg.eval_n)]
+    captions = [s.caption for s in samples]
+    reference = score_many([s.image for s in samples], captions)["percent"]
+    report: dict = {"n": cfg.eval_n, "steps": cfg.eval_steps, "scheduler": type(pipe.scheduler).__name__,
+                    "size": cfg.size, "bars": BARS, "reference_renders": reference, "heldout": {}}
+    best = None
+    for g in cfg.eval_guidance:
+        t0 = time.perf_counter()
+        images = _generate(pipe, captions, cfg, g, seed=10_000)
+        scored = score_many(images, captions)
+        res = scored["results"]
+        by_lang = {lang: {c: _percent([r for r, cap in zip(res, captions) if caption_language(cap) == lang], c)
+                          for c in ("colour_shape", "position", "all")} for lang in ("en", "zh")}
+        entry = {"percent": {k: round(v, 2) for k, v in scored["percent"].items()}, "by_language": by_lang,
+                 "seconds": round(time.perf_counter() - t0, 2)}
+        report["heldout"][str(g)] = entry
+        scores = " ".join(f"{k}={v:.1f}" for k, v in entry["percent"].items())
+        print(f"eval heldout guidance={g}: {scores} ({entry['seconds']}s)", flush=True)
+        key = (entry["percent"]["colour_shape"] + entry["percent"]["position"])
+        if best is None or key > best[0]:
+            best = (key, g, images)
+    report["best_guidance"] = best[1]
+    primary = report["heldout"][str(best[1])]["percent"]
+    report["primary"] = {"guidance": best[1], "colour_shape": primary["colour_shape"], "position": primary["position"]}
+    report["passes_bars"] = all(primary[k] >= v for k, v in BARS.items())
+    grid(best[2][:32]).save(out / "samples_heldout.png")
+    grid([s.image for s in samples[:32]]).save(out / "samples_heldout_reference.png")
+
+    # in-distribution captions (train split, indices past the training set): is held-out harder?
+    seen = SceneDataset(seed=cfg.seed, length=cfg.scenes + cfg.eval_n, size=cfg.size, split="train")
+    seen_caps = [seen.scene_and_caption(cfg.scenes + i)[1] for i in range(cfg.eval_n)]
+    seen_scores = score_many(_generate(pipe, seen_caps, cfg, best[1], seed=20_000), seen_caps)["percent"]
+    report["train_split"] = {k: round(v, 2) for k, v in seen_scores.items()}
+
+    controlnet_dir = out / "controlnet"
+    if (controlnet_dir / "config.json").is_file():
+        cn = ControlNetModel.from_pretrained(str(controlnet_dir), torch_dtype=dtype).to(device)
+        cpipe = StableDiffusionControlNetPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet, controlnet=cn,
+            scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        cpipe.set_progress_bar_config(disable=True)
+        k = min(cfg.eval_controlnet_n, cfg.eval_n)
+        conds = [Image.fromarray(canny_edges(s.image)).convert("RGB") for s in samples[:k]]
+        cimages = _generate(cpipe, captions[:k], cfg, best[1], seed=30_000, image=conds)
+        report["controlnet"] = {kk: round(v, 2) for kk, v in score_many(cimages, captions[:k])["percent"].items()}
+        report["controlnet"]["n"] = k
+        grid(conds[:8] + cimages[:8]).save(out / "samples_controlnet.png")
+    report["criteria"] = list(CRITERIA)
+    return report
+
+
+# ---------------------------------------------------------------- the run
+
+def _device(name: str):
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("device", f"--device {name} was asked for but torch sees no CUDA device.",
+                             "Run on a GPU machine, or use --device cpu (slow; --smoke for a quick check).")
+    return torch.device(name)
+
+
+def _preflight() -> None:
+    """Fail in the first second, not after minutes, when a needed package is missing."""
+    missing = []
+    for module, package in (("torch", "torch"), ("diffusers", "diffusers"), ("transformers", "transformers"),
+                            ("cv2", "opencv-python-headless"), ("matplotlib", "matplotlib"),
+                            ("tokenizers", "tokenizers"), ("safetensors", "safetensors")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        from lightdiff.errors import LightdiffError
+
+        raise LightdiffError(f"train-demo needs {', '.join(missing)}, which this Python cannot import.",
+                             f"pip install {' '.join(missing)}")
+
+
+def run(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
+    t_start = time.perf_counter()
+    _preflight()
+    out = Path(cfg.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = cfg.minutes * 60.0
+    deadlines = [t_start + budget * sum(cfg.split[:k + 1]) / sum(cfg.split) for k in range(3)]
+    print(f"train-demo: out={out} minutes={cfg.minutes} seed={cfg.seed} device={cfg.device} scenes={cfg.scenes} "
+          f"size={cfg.size}{' (smoke)' if cfg.smoke else ''}", flush=True)
+
+    import torch
+
+    device = _device(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    renderer = SceneRenderer(cfg)  # its pool spawns (never forks), so CUDA state is never inherited
+    try:
+        return _train(cfg, argv, out, device, renderer, deadlines, t_start)
+    finally:
+        renderer.stop()
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, deadlines: list[float],
+           t_start: float) -> dict:
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from lightdiff.demo import model as demo
+    from lightdiff.demo.vocab import build_tokenizer
+
+    # a readable log: no per-save dtype notes, no shard or component progress bars
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    log = Log(out, t_start)
+    summary: dict = {"command": shlex.join([sys.executable, *(argv if argv is not None else sys.argv)]),
+                     "config": asdict(cfg), "seed": cfg.seed, "phases": {}, "errors": {}}
+
+    components = demo.build_components(seed=cfg.seed)
+    vae = components["vae"].to(device).to(memory_format=torch.channels_last)
+    data = DeviceImages(renderer, device)
+
+    # phase 1: VAE, while the scenes render
+    p1 = train_vae(cfg, vae, data, renderer, deadlines[0], log, device)
+    waited = time.perf_counter()
+    n = renderer.finish(cfg.render_wait_s)
+    data.sync()
+    print(f"scenes: {n} of {cfg.scenes} rendered in {renderer.seconds:.1f}s "
+          f"(waited {time.perf_counter() - waited:.1f}s after phase 1)", flush=True)
+    if n < 8:
+        raise RuntimeError(f"only {n} scenes were rendered; nothing to train on")
+    images, edges = data.images[:n], data.edges[:n]
+    stats = normalise_latents(vae, images[: min(n, 4096)], device)
+    vae.requires_grad_(False)
+    half_copy(vae, cfg.fp16).save_pretrained(out / "vae", safe_serialization=True)
+    print(f"saved the VAE at t={time.perf_counter() - t_start:.1f}s", flush=True)
+    summary["phases"]["vae"] = {"steps": p1.step, "seconds": round(p1.seconds(), 1), "final_loss": log.final("vae"),
+                                "latent_stats_before_folding": stats}
+    summary["scenes"] = {"rendered": n, "asked": cfg.scenes, "render_seconds": round(renderer.seconds or 0, 1),
+                         "samples_with_mirrors": 2 * n}
+
+    t_enc = time.perf_counter()
+    latents = encode_all(cfg, vae, images, device, cfg.encode_batch)
+    tokenizer = build_tokenizer(demo.MAX_TOKENS)
+    tokens = tokenize(tokenizer, renderer.captions[:n] + renderer.mirrored[:n], device)
+    empty_ids = tokenize(tokenizer, [""], device)[0]
+    summary["encode_seconds"] = round(time.perf_counter() - t_enc, 1)
+    print(f"encoded {len(latents)} latents {tuple(latents.shape[1:])} in {summary['encode_seconds']}s", flush=True)
+
+    # phase 2: UNet + text encoder
+    from diffusers import DDPMScheduler
+
+    spec_scheduler = demo.spec().components["scheduler"].config
+    noise_scheduler = DDPMScheduler.from_config(dict(spec_scheduler))
+    unet = components["unet"].to(device).to(memory_format=torch.channels_last)
+    text_encoder = components["text_encoder"].to(device)
+    p2 = train_unet(cfg, unet, text_encoder, latents, tokens, empty_ids, noise_scheduler, deadlines[1], log, device)
+    final = {"vae": half_copy(vae, cfg.fp16), "unet": half_copy(unet, cfg.fp16),
+             "text_encoder": half_copy(text_encoder, cfg.fp16), "tokenizer": tokenizer,
+             "scheduler": components["scheduler"]}
+    demo.assemble_pipeline(final).save_pretrained(str(out), safe_serialization=True)
+    del final
+    summary["phases"]["unet"] = {"steps": p2.step, "seconds": round(p2.seconds(), 1), "final_loss": log.final("unet"),
+                                 "batch": cfg.unet_batch}
+    log.plot(out)
+    print(f"saved the pipeline to {out} at t={time.perf_counter() - t_start:.1f}s", flush=True)
+
+    # phase 3: canny ControlNet. The txt2img model is already on disk: a failure here is recorded, not fatal.
+    try:
+        controlnet = demo.build_controlnet(unet).to(device).to(memory_format=torch.channels_last)
+        p3 = train_controlnet(cfg, controlnet, unet, text_encoder, latents, tokens, empty_ids, edges,
+                              noise_scheduler, deadlines[2], log, device)
+        half_copy(controlnet, cfg.fp16).save_pretrained(out / "controlnet", safe_serialization=True)
+        print(f"saved the ControlNet to {out / 'controlnet'} at t={time.perf_counter() - t_start:.1f}s", flush=True)
+        summary["phases"]["controlnet"] = {"steps": p3.step, "seconds": round(p3.seconds(), 1),
+                                           "final_loss": log.final("controlnet"), "batch": cfg.cn_batch}
+        del controlnet
+    except Exception as e:  # noqa: BLE001 - recorded in summary.json and printed with its traceback
+        traceback.print_exc()
+        summary["errors"]["controlnet"] = repr(e)
+    log.plot(out)
+    summary["train_seconds"] = round(time.perf_counter() - t_start, 1)
+
+    # free the training state before eval
+    del latents, tokens, data, images, edges, unet, text_encoder, vae, components
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    t_eval = time.perf_counter()
+    print(f"eval: {cfg.eval_n} held-out captions, {cfg.eval_steps} steps, guidance {cfg.eval_guidance}", flush=True)
+    try:
+        report = evaluate(cfg, out, device)
+        report["seconds"] = round(time.perf_counter() - t_eval, 1)
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        summary["eval"] = {"primary": report["primary"], "passes_bars": report["passes_bars"],
+                           "heldout": {g: e["percent"] for g, e in report["heldout"].items()},
+                           "train_split": report["train_split"], "controlnet": report.get("controlnet"),
+                           "seconds": report["seconds"]}
+    except Exception as e:  # noqa: BLE001 - as above: the weights are saved, the summary still gets written
+        traceback.print_exc()
+        summary["errors"]["eval"] = repr(e)
+    sizes = folder_bytes(out)
+    summary["files"] = sizes
+    summary["total_bytes"] = sum(sizes.values())
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    print("\n=== train-demo summary ===", flush=True)
+    for name, p in s["phases"].items():
+        loss = p["final_loss"]
+        print(f"{name:>10}: {p['steps']} steps in {p['seconds']}s, final loss {loss:.5f}" if loss is not None
+              else f"{name:>10}: {p['steps']} steps in {p['seconds']}s", flush=True)
+    for name, error in s["errors"].items():
+        print(f"{name:>10}: FAILED {error}", flush=True)
+    e = s.get("eval")
+    if e:
+        p = e["primary"]
+        print(f"held-out (guidance {p['guidance']}): colour+shape {p['colour_shape']:.1f}% "
+              f"(bar {BARS['colour_shape']:.0f}), position {p['position']:.1f}% (bar {BARS['position']:.0f}) "
+              f"-> {'PASS' if e['passes_bars'] else 'below the bars'}", flush=True)
+        for g, percent in e["heldout"].items():
+            print(f"  guidance {g}: colour+shape {percent['colour_shape']:.1f}%, position {percent['position']:.1f}%, "
+                  f"all {percent['all']:.1f}%", flush=True)
+        t = e["train_split"]
+        print(f"  train-split captions: colour+shape {t['colour_shape']:.1f}%, position {t['position']:.1f}%",
+              flush=True)
+    for name, size in s["files"].items():
+        print(f"  {name}: {size / 1e6:.2f} MB", flush=True)
+    print(f"total {s['total_bytes'] / 1e6:.2f} MB; wall {s['wall_seconds']}s (training {s['train_seconds']}s)",
+          flush=True)
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder: a diffusers folder plus controlnet/, logs, eval")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget from start to the end of training (default 8; eval adds ~0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU check of every code path: 64x64, tiny data, a few steps per phase, a tiny eval")
+    p.add_argument("--scenes", type=int, default=None, help="training scenes to render (default 100000)")
+    p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU cores - 1, max 15)")
+    p.add_argument("--unet-batch", type=int, default=None, help="UNet phase batch size (default 512)")
+    p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
+    p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
+
+
+def config_from_args(args) -> TrainConfig:
+    chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
+                                 "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
+                                 "eval_n": args.eval_n}.items() if v is not None}
+    if args.fp32:
+        chosen["fp16"] = False
+    if args.smoke:
+        return TrainConfig.smoke_preset(args.out, **chosen)
+    return TrainConfig(out=args.out, **chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lightdiff.demo.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    given = argv if argv is not None else sys.argv[1:]
+    summary = run(config_from_args(args), argv=["-m", "lightdiff.demo.train", *given])
+    return 1 if summary["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Training the demo model: the --smoke run end to end on the CPU, and the pieces it relies on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lightdiff.demo import model as demo
+from lightdiff.demo import train
+from lightdiff.demo.scenes import SceneDataset, render
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-smoke")
+    summary = train.run(train.TrainConfig.smoke_preset(str(out)), argv=["--out", str(out), "--smoke"])
+    return out, summary
+
+
+def test_smoke_run_writes_every_artifact(smoke_run):
+    out, summary = smoke_run
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                 "tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "controlnet/config.json",
+                 "losses.jsonl", "losses.png", "eval.json", "summary.json", "samples_heldout.png",
+                 "samples_controlnet.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in rows} == {"vae", "unet", "controlnet"}
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["phases"]["unet"]["steps"] == 3 and on_disk["seed"] == 0 and "--smoke" in on_disk["command"]
+    assert set(on_disk["eval"]["primary"]) == {"guidance", "colour_shape", "position"}
+    # fp16 safetensors within the caps (the smoke run saves the real architecture)
+    assert set(summary["files"]) == {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                     "vae/diffusion_pytorch_model.safetensors",
+                                     "controlnet/diffusion_pytorch_model.safetensors"}
+    assert all(size < demo.FILE_CAP_BYTES for size in summary["files"].values())
+    assert summary["total_bytes"] < demo.TOTAL_CAP_BYTES
+
+
+def test_eval_scores_held_out_captions(smoke_run):
+    out, _ = smoke_run
+    report = json.loads((out / "eval.json").read_text())
+    assert report["n"] == 4 and report["steps"] == 2
+    # the checker reads the true renders of the same captions perfectly: the eval measures the model
+    assert report["reference_renders"]["colour_shape"] == 100.0
+    for criterion in ("colour_shape", "position"):
+        assert 0.0 <= report["heldout"]["5.0"]["percent"][criterion] <= 100.0
+    assert report["controlnet"]["n"] == 2
+
+
+def test_saved_folder_loads_as_the_demo_model_and_generates(smoke_run):
+    from lightdiff.runtime import loader
+    from lightdiff.workflows import txt2img
+
+    out, _ = smoke_run
+    loaded = loader.load("demo", str(out), device="cpu")
+    assert loaded.source.kind == "local" and loaded.pipe.vae_scale_factor == 4
+    result = txt2img.run(loaded, {"model": "demo", "prompt": "a red circle on the left on a blue background",
+                                  "width": 64, "height": 64, "steps": 2, "seed": 1})
+    assert result.images[0].size == (64, 64)
+    assert np.asarray(result.images[0]).std() > 0
+
+
+def test_controlnet_folder_runs_with_the_pipeline(smoke_run):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    out, _ = smoke_run
+    controlnet = ControlNetModel.from_pretrained(str(out / "controlnet"), torch_dtype=torch.float32)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(str(out), controlnet=controlnet,
+                                                             torch_dtype=torch.float32, safety_checker=None)
+    sample = SceneDataset(seed=3, length=1, size=64)[0]
+    edges = Image.fromarray(demo.canny_edges(sample.image)).convert("RGB")
+    image = pipe(sample.caption, image=edges, num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_tokenizer_is_saved_and_reloads(smoke_run):
+    from transformers import AutoTokenizer
+
+    from lightdiff.demo.vocab import build_tokenizer
+
+    out, _ = smoke_run
+    reloaded = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    original = build_tokenizer()
+    for text in ("a large red circle left of a small blue square on a yellow background",
+                 "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边", ""):
+        assert reloaded(text, padding="max_length").input_ids == original(text, padding="max_length").input_ids
+    assert reloaded.model_max_length == 32
+
+
+def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
+    from lightdiff.demo.checker import check
+    from lightdiff.demo.scenes import caption
+
+    ds = SceneDataset(seed=5, length=60, size=128)
+    checked = 0
+    for i in range(len(ds)):
+        scene, text = ds.scene_and_caption(i)
+        if any(o.texture != "plain" for o in scene.objects):
+            continue  # stripe and dot patterns are not mirror-symmetric
+        mirrored = train.mirror_scene(scene)
+        flipped = np.asarray(render(scene))[:, ::-1]
+        assert np.abs(np.asarray(render(mirrored)).astype(int) - flipped).mean() < 1.0
+        mirrored_caption = caption(mirrored, train.caption_language(text))
+        result = check(np.ascontiguousarray(flipped), mirrored_caption)
+        assert result.position_ok and result.colour_shape_ok, (text, mirrored_caption)
+        checked += 1
+    assert checked > 30
+    # left and right words change, nothing else
+    one = next(s for s in (ds.scene_and_caption(i)[0] for i in range(60)) if s.relation == "left of")
+    assert train.mirror_scene(one).relation == "right of"
+
+
+def test_normalised_vae_latents_have_unit_variance_and_decode_the_same():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(demo.VAE_CONFIG).eval()
+    images = torch.from_numpy(np.stack([np.asarray(SceneDataset(seed=1, length=8, size=32)[i].image)
+                                        for i in range(8)]))
+    x = train.to_model_input(images)
+    with torch.no_grad():
+        before_latents = vae.encode(x).latent_dist.mean
+        before = vae.decode(before_latents).sample
+        train.normalise_latents(vae, images, torch.device("cpu"))
+        after_latents = vae.encode(x).latent_dist.mean
+        after = vae.decode(after_latents).sample
+    assert torch.allclose(after, before, atol=1e-4)
+    assert after_latents.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert torch.allclose(after_latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3)
+
+
+def test_learning_rate_warms_up_then_decays_over_the_time_box():
+    base = 1e-3
+    assert train.lr_at(base, 0, 0.0, warmup=10) == pytest.approx(1e-4)
+    assert train.lr_at(base, 10, 0.0, warmup=10) == pytest.approx(base)
+    assert train.lr_at(base, 1000, 1.0, warmup=10) == pytest.approx(0.1 * base)
+    assert train.lr_at(base, 1000, 0.5, warmup=10) < train.lr_at(base, 1000, 0.25, warmup=10)
+
+
+def test_missing_cuda_is_a_clear_error_before_any_work(tmp_path):
+    from lightdiff.errors import InvalidRequest
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InvalidRequest) as e:
+        train.run(train.TrainConfig(out=str(tmp_path / "run")))
+    assert "--device cpu" in e.value.hint
