@@ -180,6 +180,8 @@ def detect(image, threshold: float = 16.0) -> list[Blob]:
         big = cv2.resize(local, None, fx=UPSAMPLE, fy=UPSAMPLE, interpolation=cv2.INTER_LINEAR) > threshold
         filled = np.zeros(big.shape, np.uint8)
         contours, _ = cv2.findContours(big.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not contours:  # a faint blob of a generated image can vanish after upsampling: not a shape
+            continue
         cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
         shape, solidity, circle_fill, box_fill, radius, (mx, my) = _classify(filled.astype(bool))
         # colour vote, weighted by depth inside the blob (outlines and rims count little)

@@ -67,6 +67,7 @@ class TrainConfig:
     cn_caption_dropout: float = 0.3
     max_steps: int | None = None  # per phase (smoke); None: time alone ends a phase
     render_wait_s: float = 60.0  # after phase 1, wait at most this long for the rest of the scenes
+    init: str | None = None  # continue from a trained folder: the VAE is kept, UNet/text/ControlNet train on
     encode_batch: int = 1024
     eval_n: int = 200
     eval_steps: int = 20
@@ -713,11 +714,14 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
                      "config": asdict(cfg), "seed": cfg.seed, "phases": {}, "errors": {}}
 
     components = demo.build_components(seed=cfg.seed)
+    if cfg.init:
+        components.update(load_trained(cfg.init))
+        summary["init"] = cfg.init
     vae = components["vae"].to(device).to(memory_format=torch.channels_last)
     data = DeviceImages(renderer, device)
 
-    # phase 1: VAE, while the scenes render
-    p1 = train_vae(cfg, vae, data, renderer, deadlines[0], log, device)
+    # phase 1: VAE, while the scenes render (a continued run keeps its trained VAE: phase 1 only renders)
+    p1 = train_vae(cfg, vae, data, renderer, time.perf_counter() if cfg.init else deadlines[0], log, device)
     waited = time.perf_counter()
     n = renderer.finish(cfg.render_wait_s)
     data.sync()
@@ -763,7 +767,8 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
 
     # phase 3: canny ControlNet. The txt2img model is already on disk: a failure here is recorded, not fatal.
     try:
-        controlnet = demo.build_controlnet(unet).to(device).to(memory_format=torch.channels_last)
+        controlnet = components.get("controlnet") or demo.build_controlnet(unet)
+        controlnet = controlnet.to(device).to(memory_format=torch.channels_last)
         p3 = train_controlnet(cfg, controlnet, unet, text_encoder, latents, tokens, empty_ids, edges,
                               noise_scheduler, deadlines[2], log, device)
         half_copy(controlnet, cfg.fp16).save_pretrained(out / "controlnet", safe_serialization=True)
@@ -802,6 +807,21 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary)
     return summary
+
+
+def load_trained(folder: str) -> dict:
+    """The trainable components of an earlier run's output folder, in float32 for training."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    root = Path(folder)
+    out = {"vae": AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32),
+           "unet": UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=torch.float32),
+           "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)}
+    if (root / "controlnet").is_dir():
+        out["controlnet"] = ControlNetModel.from_pretrained(root / "controlnet", torch_dtype=torch.float32)
+    return out
 
 
 def _print_summary(s: dict) -> None:
@@ -845,12 +865,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unet-batch", type=int, default=None, help="UNet phase batch size (default 512)")
     p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
+    p.add_argument("--init", help="continue from an earlier run's output folder (its VAE is kept as trained)")
+    p.add_argument("--split", help="shares of --minutes for VAE/rendering, UNet+text and ControlNet, e.g. 0.2,0.65,0.15")
 
 
 def config_from_args(args) -> TrainConfig:
     chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
-                                 "eval_n": args.eval_n}.items() if v is not None}
+                                 "eval_n": args.eval_n, "init": args.init}.items() if v is not None}
+    if args.split:
+        chosen["split"] = tuple(float(x) for x in args.split.split(","))
     if args.fp32:
         chosen["fp16"] = False
     if args.smoke:
