@@ -31,7 +31,7 @@ SETTINGS: dict[str, Setting] = {
                 "Where `lightdiff generate` writes images when -o is not given."),
         Setting("models_file", "LIGHTDIFF_MODELS_FILE", "",
                 "A TOML or YAML file of user model entries, read in addition to ~/.lightdiff/models.toml."),
-        Setting("default_model", "LIGHTDIFF_DEFAULT_MODEL", "tiny-sd15",
+        Setting("default_model", "LIGHTDIFF_DEFAULT_MODEL", "demo",
                 "Model used when --model is not given."),
         Setting("device", "LIGHTDIFF_DEVICE", "auto",
                 "Device for generation: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),

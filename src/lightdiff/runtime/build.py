@@ -10,6 +10,7 @@ Three ways:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from lightdiff.specs import ComponentSpec, ModelSpec
@@ -34,9 +35,11 @@ def _construct(comp: ComponentSpec):
     if comp.library == "transformers":
         import transformers
 
-        config = getattr(transformers, comp.config_cls)(**comp.config)
+        # a deep copy: transformers' config classes edit nested dicts (rope_scaling) in place, which
+        # would change the spec itself after its first build
+        config = getattr(transformers, comp.config_cls)(**copy.deepcopy(comp.config))
         return cls(config)
-    return cls.from_config(dict(comp.config))
+    return cls.from_config(copy.deepcopy(dict(comp.config)))
 
 
 def build_non_module(comp: ComponentSpec):

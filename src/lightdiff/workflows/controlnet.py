@@ -109,6 +109,10 @@ def canny(image, low: int, high: int):
 def _source_kind(value: str, loaded_source_kind: str) -> tuple[str, str | None]:
     """controlnet field -> (kind, location): kind is hub, local, twin or synthetic."""
     v = value.strip()
+    if v == "auto" and loaded_source_kind == "demo":  # the demo model ships its own trained canny ControlNet
+        from lightdiff.runtime.loader import demo_weights_dir
+
+        return "local", str(demo_weights_dir() / "controlnet")
     if v == "auto":  # the published ControlNet steers published weights; random weights get a random one
         v = {"hub": "hub", "local": "hub", "single-file": "hub", "twin": "twin"}.get(loaded_source_kind, "synthetic")
     if v in ("twin", "synthetic"):
