@@ -261,3 +261,17 @@ def test_a_rater_clicks_through_five_comparisons_in_chromium(evalrun):
     assert all(r["rater"] == "browser-rater" for r in rows)
     assert all(r["preferred"] == {"left": r["model_left"], "right": r["model_right"], "tie": None}[r["choice"]]
                for r in rows)
+
+
+def test_the_main_server_serves_the_rating_page_at_rate(evalrun, tmp_path):
+    from lightdiff.server.app import create_app
+    from lightdiff.server.config import ServerConfig
+
+    app = create_app(ServerConfig(data_dir=tmp_path / "srv", eval_dir=str(evalrun)), start_workers=False)
+    client = TestClient(app, base_url="http://127.0.0.1:7860")
+    assert "text/html" in client.get("/rate/").headers["content-type"]
+    task = client.post("/rate/api/next", json={"rater": "r9", "mode": "pair"}).json()
+    assert client.get(f"/rate/api/image/{task['token']}/left").status_code == 200
+    res = client.post("/rate/api/answer", json={"token": task["token"], "choice": "tie"})
+    assert res.status_code == 200
+    assert len(RatingStore(evalrun / "ratings.sqlite").comparisons()) == 1

@@ -29,6 +29,8 @@ def add_arguments(p):
                    help="other Host names accepted when bound to loopback (e.g. behind a proxy)")
     p.add_argument("--cpu-threads", type=int, metavar="N",
                    help="torch threads of a CPU worker (default: torch's own; 1 helps on a busy shared host)")
+    p.add_argument("--eval-dir", metavar="DIR",
+                   help="serve the blind rating page of an eval run (`lightdiff eval -o DIR`) at /rate/")
     p.add_argument("--max-attempts", type=int, default=3,
                    help="runs of a job cut short by a worker crash before the job fails (default %(default)s)")
 
@@ -68,7 +70,8 @@ def build_config(args):
         host=args.host, port=args.port, models=models, default_model=default, token=args.token,
         devices=devices, vram_budget_gb=args.vram_budget, allow_weights=allow,
         allow_unsafe_pickle=args.allow_unsafe_pickle, allowed_origins=tuple(args.allow_origin),
-        allowed_hosts=tuple(args.allow_host), max_attempts=args.max_attempts, cpu_threads=args.cpu_threads)
+        allowed_hosts=tuple(args.allow_host), max_attempts=args.max_attempts, cpu_threads=args.cpu_threads,
+        eval_dir=str(Path(args.eval_dir).expanduser()) if args.eval_dir else None)
     return secure(config)
 
 

@@ -63,6 +63,10 @@ def create_app(config: ServerConfig, start_workers: bool = True) -> FastAPI:
     app.include_router(api_native.router)
     app.include_router(api_a1111.router)
     app.include_router(api_openai.router)
+    if config.eval_dir:  # blind human rating of an eval run, behind the same token and origin checks
+        from lightdiff.evals import rate_app
+
+        app.include_router(rate_app.router(rate_app.Rating(config.eval_dir)), prefix="/rate")
 
     @app.get("/", include_in_schema=False)
     def index():

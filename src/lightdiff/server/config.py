@@ -39,6 +39,7 @@ class ServerConfig:
     lease_s: float = 30.0  # a claim not renewed for this long is taken to be dead
     poll_s: float = 0.1  # how often an idle worker looks for work
     sync_timeout_s: float = 3600.0  # how long A1111/OpenAI calls wait for their job
+    eval_dir: str | None = None  # an eval run (`lightdiff eval -o DIR`) whose blind rating page is served at /rate/
     extra: dict = field(default_factory=dict)
 
     @property
