@@ -55,3 +55,26 @@ def test_compiled_graph_loop_matches_eager_on_gpu():
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
     out = fastpath.SD15GraphLoop(pipe, compiled=True)("x", None, 64, 64, 4, 7.0, generators(1, 1))[0]
     assert np.abs(np.asarray(ref, dtype=int) - np.asarray(out, dtype=int)).max() <= 3
+
+
+def test_engine_fast_path_gives_the_plain_pipelines_pixels_and_says_so():
+    from lightdiff.workflows.engine import Engine
+
+    request = {"model": "tiny-sd15", "prompt": "a red circle", "seed": 4, "steps": 3, "batch_size": 2}
+    plain = Engine(device="cpu", fast="off").run(request)
+    fast = Engine(device="cpu", fast="eager").run(request)
+    assert [m.get("fast_path") for m in fast.metadata] == ["graph-loop (eager)"] * 2
+    assert all("fast_path" not in m for m in plain.metadata)
+    for a, b in zip(plain.images, fast.images):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    other = Engine(device="cpu", fast="eager").run({**request, "scheduler": "dpm++2m"})
+    assert all("fast_path" not in m for m in other.metadata)  # the loop only reproduces Euler
+
+
+def test_engine_rejects_unknown_fast_mode():
+    from lightdiff.errors import InvalidRequest
+    from lightdiff.workflows.engine import Engine
+
+    with pytest.raises(InvalidRequest) as e:
+        Engine(device="cpu", fast="turbo")
+    assert e.value.field == "fast"

@@ -28,6 +28,8 @@ def add_generation_arguments(p):
     p.add_argument("--plan", default="auto",
                    help="memory plan: auto (the fastest that fits; see `lightdiff fit`) or a plan name")
     p.add_argument("-o", "--output-dir", default=settings.get("output_dir"))
+    p.add_argument("--fast", default="auto", choices=["auto", "off", "eager"],
+                   help="speed path: auto uses the graph-captured SD1.5 Euler loop on CUDA where it applies")
     p.add_argument("--runs", type=int, default=1,
                    help="generate N times with the same request and print each run's time (the first run "
                         "includes warm-up); images are saved once")
@@ -116,7 +118,7 @@ def run(args) -> int:
         raise InvalidRequest("runs", f"--runs {args.runs} must be at least 1.", "Use --runs 3 to time warm runs.")
     request = request_from_args(args)
     engine = Engine(device=args.device, vram_budget_gb=args.vram_budget, ram_budget_gb=args.ram_budget,
-                    plan=args.plan, allow_unsafe_pickle=args.allow_unsafe_pickle or None)
+                    plan=args.plan, fast=args.fast, allow_unsafe_pickle=args.allow_unsafe_pickle or None)
     engine.parse(request)  # validate before loading anything
     result, timings = _timed_runs(engine, request, args.runs)
     paths = engine.save(result, args.output_dir)

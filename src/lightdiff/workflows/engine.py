@@ -37,7 +37,7 @@ def is_oom(error: BaseException) -> bool:
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
-                 max_retries: int = 8):
+                 max_retries: int = 8, fast: str = "auto"):
         self.device = pick_device(device)
         if plan != "auto":  # an unknown name, or one this device cannot run, fails before anything loads
             strategy = plans.Strategy.named(plan)
@@ -47,6 +47,14 @@ class Engine:
                 raise InvalidRequest("plan", f"Plan {plan!r} needs a CUDA device; this engine runs on {self.device}.",
                                      "Use --device cuda on a machine with a GPU, or another --plan.")
         self.plan = plan
+        # the speed path (runtime/fastpath.py): "auto" uses it on CUDA where it reproduces the plain
+        # pipeline (SD1.5, Euler, CFG, resident plan); "off" never; "eager" runs the same loop uncompiled
+        # on any device (tests check it against the plain path on the CPU)
+        if fast not in ("auto", "off", "eager"):
+            from lightdiff.errors import InvalidRequest
+
+            raise InvalidRequest("fast", f"Unknown fast-path mode {fast!r}.", "Use auto, off or eager.")
+        self.fast = fast
         self.vram_budget_gb = vram_budget_gb
         self.ram_budget_gb = ram_budget_gb
         self.max_retries = max_retries
@@ -129,6 +137,19 @@ class Engine:
         plan, warnings = self._plan(req, r)
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
+    def _attach_fast_path(self, loaded) -> None:
+        """Give a resident SD1.5 model the graph-captured Euler loop once (txt2img uses it when it applies)."""
+        if hasattr(loaded, "fast_loop"):
+            return
+        loaded.fast_loop = None
+        wanted = self.fast == "eager" or (self.fast == "auto" and str(loaded.device).startswith("cuda"))
+        if wanted and loaded.spec.family == "sd15" and loaded.plan == "resident":
+            from lightdiff.runtime.fastpath import SD15GraphLoop, persist_compile_cache
+
+            if self.fast == "auto":
+                persist_compile_cache()
+            loaded.fast_loop = SD15GraphLoop(loaded.pipe, compiled=self.fast == "auto")
+
     # --- the OOM back-off ----------------------------------------------------------------------
 
     def _run_with_backoff(self, wf, req, r, plan, warnings, progress, cancel) -> GenerationResult:
@@ -151,6 +172,7 @@ class Engine:
                 if tiled and not getattr(loaded.pipe.vae, "use_tiling", False):
                     _enable_tiling(loaded)
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
+                self._attach_fast_path(loaded)
                 result = wf.run(loaded, sub, progress=progress, cancel=cancel)
                 fallbacks.extend(e for e in state.events if e not in fallbacks)
                 if result.images and _all_black(result.images):

@@ -62,7 +62,16 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     warnings = [w for w in [prompt_length_warning(pipe, r.prompt, prompt_token_limit(pipe, loaded.spec))] if w]
     loaded_scheduler = pipe.scheduler
     set_scheduler(pipe, loaded, r.scheduler)
+    fast = getattr(loaded, "fast_loop", None)
     try:
+        if fast is not None and fast.supports(loaded.spec.family, r.scheduler, r.guidance):
+            images = fast(r.prompt, r.negative_prompt or None, r.width, r.height, r.steps, r.guidance,
+                          generators(r.seed, r.batch_size), num_images_per_prompt=r.batch_size,
+                          callback=step_callback(r.steps, progress, cancel))
+            used = {"fast_path": "graph-loop" if fast.graphed else "graph-loop (eager)"}
+            return GenerationResult(images=images, metadata=[image_metadata(loaded, NAME, r, i, req, used)
+                                                             for i in range(len(images))],
+                                    warnings=warnings, timings={"generate_s": timer()})
         out = pipe(
             prompt=r.prompt,
             negative_prompt=r.negative_prompt or None,
