@@ -69,3 +69,21 @@ def test_second_pass_without_a_whole_step_is_refused(tiny_sd15):
     with pytest.raises(InvalidRequest) as e:
         _run(tiny_sd15, hr_steps=2, hr_denoise=0.3)
     assert e.value.field == "hr_denoise" and "hr_steps >= 4" in e.value.hint
+
+
+def test_the_memory_plan_is_sized_for_the_second_pass(monkeypatch):
+    """A hires fix from 64 to 128 must be planned at 128x128, or a tight budget runs out of memory."""
+    from lightdiff.runtime import plan as plans
+    from lightdiff.workflows.engine import Engine
+
+    seen = []
+    real_choose = plans.choose
+
+    def spy(spec, width, height, *args, **kw):
+        seen.append((width, height))
+        return real_choose(spec, width, height, *args, **kw)
+
+    monkeypatch.setattr(plans, "choose", spy)
+    Engine(device="cpu").run({"workflow": "hires_fix", "model": "tiny-sd15", "prompt": "x", "seed": 1, "steps": 2,
+                              "hr_scale": 2.0, "hr_steps": 2})
+    assert seen and seen[0] == (128, 128)

@@ -14,6 +14,8 @@ change; the engine stays usable for the next request. Decoded images are checked
 
 from __future__ import annotations
 
+import dataclasses
+
 import secrets
 from collections import deque
 from pathlib import Path
@@ -134,7 +136,11 @@ class Engine:
         if req.seed is None:  # fixed now, so a batch split after an OOM reproduces the same images
             req = req.model_copy(update={"seed": secrets.randbelow(2**32)})
         r = resolve(req, specs.get(req.model))
-        plan, warnings = self._plan(req, r)
+        sized = r  # a workflow whose largest pass is bigger than its request (hires fix) plans for that pass
+        if hasattr(wf, "memory_size"):
+            width, height = wf.memory_size(req, r.spec)
+            sized = dataclasses.replace(r, width=width, height=height)
+        plan, warnings = self._plan(req, sized)
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
     def _attach_fast_path(self, loaded) -> None:

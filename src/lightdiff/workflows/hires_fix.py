@@ -48,6 +48,13 @@ class Request(BaseRequest):
     hr_denoise: float = Field(0.7, gt=0.0, le=1.0, description="strength of the second pass")
 
 
+def memory_size(req: Request, spec) -> tuple[int, int]:
+    """The size the memory plan must hold: the second pass runs at the target size, not the base size."""
+    r = resolve(req, spec)
+    m = spec.rules.size_multiple
+    return tuple(int(v * req.hr_scale) // m * m for v in (r.width, r.height))
+
+
 def plan(req: Request, spec):
     """Resolved base request, target size, upscaler and second-pass steps; every check before loading."""
     r = resolve(req, spec)
