@@ -12,7 +12,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from lightdiff.errors import InvalidRequest, LightdiffError
+from lightdiff.errors import InvalidRequest
 from lightdiff.evals import imagestats, ratings
 from lightdiff.evals.learned import load_learned
 from lightdiff.evals.run import load_manifest, load_records
@@ -263,23 +263,6 @@ def build_eval_document(run_dir: str | Path, *, n_boot: int = 1000, n_resamples:
 
 def render_eval_report(run_dir: str | Path, out_dir: str | Path, **kwargs):
     """Write report.md (+ sheet PNGs beside it) and a self-contained report.html into ``out_dir``."""
-    from lightdiff.reports.html import to_html
-    from lightdiff.reports.markdown import to_markdown
-    from lightdiff.reports.render import Written
+    from lightdiff.reports.render import write_document
 
-    doc = build_eval_document(run_dir, **kwargs)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LightdiffError(f"Cannot create the report folder {out}: {e.strerror}.",
-                             "Pass -o with a folder you can write to.", code="invalid_request") from None
-    charts = []
-    for chart in doc.charts():
-        p = out / f"{chart.name}.png"
-        p.write_bytes(chart.png)
-        charts.append(p)
-    md, html = out / "report.md", out / "report.html"
-    md.write_text(to_markdown(doc), encoding="utf-8")
-    html.write_text(to_html(doc), encoding="utf-8")
-    return Written(md, html, charts)
+    return write_document(build_eval_document(run_dir, **kwargs), out_dir)

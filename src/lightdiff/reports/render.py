@@ -55,7 +55,11 @@ def render_report(paths, out_dir: str | Path, *, claims_path: str | Path | None 
                   charts: bool = True) -> Written:
     results = Results.from_files(paths)
     claims = load_claims(claims_path)
-    doc = build_document(results, claims, charts=charts)
+    return write_document(build_document(results, claims, charts=charts), out_dir)
+
+
+def write_document(doc, out_dir: str | Path) -> Written:
+    """report.md, report.html and one PNG per chart in ``out_dir`` (the benchmark and eval reports alike)."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
