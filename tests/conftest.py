@@ -31,6 +31,12 @@ def tiny_qwen():
     return loader.load("tiny-qwen-image", device="cpu")
 
 
+@pytest.fixture(params=["sd15", "qwen"])
+def twin(request, tiny_sd15, tiny_qwen):
+    """Each family's tiny twin in turn: a test taking ``twin`` runs once per family."""
+    return tiny_sd15 if request.param == "sd15" else tiny_qwen
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

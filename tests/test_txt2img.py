@@ -13,11 +13,6 @@ def _px(result, i=0):
     return np.asarray(result.images[i]).astype(int)
 
 
-@pytest.fixture(params=["sd15", "qwen"])
-def twin(request, tiny_sd15, tiny_qwen):
-    return tiny_sd15 if request.param == "sd15" else tiny_qwen
-
-
 def _run(loaded, **kw):
     return txt2img.run(loaded, {"model": loaded.spec.id, "prompt": "a red circle", **kw})
 

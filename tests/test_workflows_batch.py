@@ -8,11 +8,6 @@ from lightdiff.errors import InvalidRequest, OutOfMemory
 from lightdiff.workflows import batch, txt2img
 
 
-@pytest.fixture(params=["sd15", "qwen"])
-def twin(request, tiny_sd15, tiny_qwen):
-    return tiny_sd15 if request.param == "sd15" else tiny_qwen
-
-
 def _run(loaded, on_image=None, **kw):
     return batch.run(loaded, {"workflow": "batch", "model": loaded.spec.id, "steps": 2, "seed": 100, **kw},
                      on_image=on_image)

@@ -28,11 +28,6 @@ def _px(im):
     return np.asarray(im).astype(int)
 
 
-@pytest.fixture(params=["sd15", "qwen"])
-def twin(request, tiny_sd15, tiny_qwen):
-    return tiny_sd15 if request.param == "sd15" else tiny_qwen
-
-
 def _run(loaded, **kw):
     return controlnet.run(loaded, {"model": loaded.spec.id, "prompt": "a red circle", "control_image": _b64(_square()),
                                    "steps": 2, "seed": 21, **kw})

@@ -25,11 +25,6 @@ def _px(im):
     return np.asarray(im).astype(int)
 
 
-@pytest.fixture(params=["sd15", "qwen"])
-def twin(request, tiny_sd15, tiny_qwen):
-    return tiny_sd15 if request.param == "sd15" else tiny_qwen
-
-
 def _run(loaded, init, **kw):
     return img2img.run(loaded, {"model": loaded.spec.id, "prompt": "a red circle", "init_image": _b64(init),
                                 "steps": 2, "seed": 5, **kw})

@@ -39,11 +39,6 @@ def _far_from(box, size=64, margin=12):
     return far
 
 
-@pytest.fixture(params=["sd15", "qwen"])
-def twin(request, tiny_sd15, tiny_qwen):
-    return tiny_sd15 if request.param == "sd15" else tiny_qwen
-
-
 def _run(loaded, init, mask, **kw):
     return inpaint.run(loaded, {"model": loaded.spec.id, "prompt": "a red circle", "init_image": _b64(init),
                                 "mask_image": _b64(mask), "strength": 1.0, "steps": 2, "seed": 3, **kw})
