@@ -8,8 +8,8 @@
   synchronisation between steps. diffusers' loop does several small launches and Python work per step,
   which is what bounds SD1.5 at batch 1 (launch-bound, ~6% of peak). No well-kept library captures the
   whole step, so this loop is ours; it reproduces diffusers' Euler step exactly (a test compares them).
-- ``fp8``: torchao float8 dynamic activation and weight quantisation of the denoiser's large linear layers
-  on cards with fp8 tensor cores (Hopper, Ada); ``int8wo`` (weight-only int8) elsewhere.
+- ``fp8``: torchao float8 dynamic activation and weight quantisation of the denoiser's linear layers
+  on cards with fp8 tensor cores (Hopper, Ada; runtime/fp8.py); ``int8wo`` (weight-only int8) elsewhere.
 - ``attention``: a diffusers attention-dispatcher backend (e.g. _native_cudnn, _native_flash), chosen by
   measurement on the card.
 Step caching (First Block Cache, TaylorSeer, MagCache) changes the output and is off unless asked for.
@@ -54,17 +54,19 @@ def apply_attention_backend(pipe, backend: str) -> None:
     denoiser_of(pipe).set_attention_backend(backend)
 
 
-# Linear layers that see many tokens. fp8 matmuls (cuBLAS _scaled_mm) need every dimension divisible by 16,
-# so layers fed by the text stream (a prompt is a handful of tokens) or by the timestep embedding (one row)
-# stay in bf16; they are a small share of the FLOPs at image sizes.
-IMAGE_STREAM_LINEARS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out", "img_mlp")
-
-
 def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
-    """torchao quantisation of the denoiser's large image-stream Linear layers. Returns layers changed."""
+    """torchao quantisation of the denoiser's Linear layers. Returns the number of layers changed.
+
+    fp8 on a transformer converts every Linear (runtime/fp8.py pads the few-row ones); on a UNet, and
+    for int8 weight-only, only the large layers (both sides >= ``min_features``) are worth it."""
     import torch
     from torchao.quantization import quantize_
 
+    den = denoiser_of(pipe)
+    if kind == "fp8" and getattr(den, "_repeated_blocks", None):
+        from lightdiff.runtime import fp8
+
+        return fp8.quantize_denoiser(den)
     if kind == "fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
@@ -76,14 +78,11 @@ def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
     else:
         raise ValueError(f"unknown quantisation {kind!r}")
     count = 0
-    den = denoiser_of(pipe)
-    image_stream_only = getattr(den, "_repeated_blocks", None)  # transformers; a UNet has no text stream
 
     def wanted(module, fqn):
         nonlocal count
         ok = (isinstance(module, torch.nn.Linear) and module.in_features >= min_features
-              and module.out_features >= min_features
-              and (not image_stream_only or any(k in fqn for k in IMAGE_STREAM_LINEARS)))
+              and module.out_features >= min_features)
         count += ok
         return ok
 

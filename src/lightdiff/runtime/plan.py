@@ -11,6 +11,9 @@ Strategies, fastest first when they fit:
 - resident: every component on the GPU in the compute dtype (fp16/bf16).
 - fp8-storage: the denoiser's weights stored in fp8 and cast per layer for compute (diffusers
   layerwise casting); half the bytes, some time per forward for the casts.
+- fp8-compute: the denoiser's linear layers in fp8 with fp8 matmuls (torchao float8, per-row
+  scales; runtime/fp8.py): half the bytes and faster than bf16 on cards with fp8 tensor cores
+  (Ada, Hopper). Transformer denoisers only (a UNet's convolutions stay in bf16).
 - int8-weight: torchao weight-only int8 for the denoiser's linear layers (needs torchao).
 - group-offload: the denoiser's blocks split: as many resident as fit, the rest streamed from
   pinned host RAM on a CUDA stream one block ahead (diffusers group offloading), in the compute dtype.
@@ -172,6 +175,21 @@ def _estimate_int8(r: Request, fixed: dict | None = None) -> Estimate:
     return _over_modifiers(r, build, fixed)
 
 
+def _estimate_fp8_compute(r: Request, fixed: dict | None = None) -> Estimate:
+    needs = None
+    if r.profile.blocks_attr is None:
+        needs = "fp8 compute is for transformer denoisers (a UNet is mostly convolutions)"
+    elif r.card.fp8_tflops is None:
+        needs = f"needs fp8 tensor cores (Ada or Hopper); {r.card.name} has none"
+    elif not torchao_available():
+        needs = "needs torchao (pip install torchao)"
+
+    def build(tiling, te_mode):
+        per_call = m.call_compute_s(r, m.fp8_compute_factor(r))
+        return _Parts(m.gib(_den_params(r), "fp8"), 0.0, 0.0, per_call, {"storage": "fp8", "compute": "fp8"}), needs
+    return _over_modifiers(r, build, fixed)
+
+
 def _group_parts(r: Request, tiling: bool, te_mode: str, allow_fp8: bool, layout: dict | None = None) -> _Parts:
     """Group offloading: partial residency where the denoiser has a block list, else stream it all."""
     dt = m.compute_dtype(r.spec)
@@ -296,6 +314,8 @@ class Strategy(Enum):
                            "apply_resident", False, False)
     FP8_STORAGE = StrategyDef("fp8-storage", "denoiser weights stored in fp8 (diffusers layerwise casting)",
                               _estimate_fp8, "apply_fp8_storage", True, True)
+    FP8_COMPUTE = StrategyDef("fp8-compute", "denoiser linear layers in fp8 with fp8 matmuls (torchao)",
+                              _estimate_fp8_compute, "apply_fp8_compute", True, True, cuda_only=True)
     # Not picked automatically: its speed is an assumption until measured on a GPU with torchao.
     INT8_WEIGHT = StrategyDef("int8-weight", "denoiser linear layers int8 weight-only (torchao)",
                               _estimate_int8, "apply_int8_weight", True, True, auto=False)
@@ -449,7 +469,8 @@ def usable(strategy: Strategy, device: str, automatic: bool = False) -> bool:
     return not (strategy.value.cuda_only and not str(device).startswith("cuda"))
 
 
-def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cuda") -> Plan | None:
+def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cuda",
+            exclude: tuple[Strategy, ...] = ()) -> Plan | None:
     """After an OOM: the next plan to try, or None when none is left.
 
     Candidates are the automatic strategies predicted to need no more VRAM than ``plan`` (each also
@@ -461,7 +482,7 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
     budgets = [plan.vram_gb, shrunk] if plan.vram_gb is not None else [None, shrunk]
     candidates = {}
     for strategy in Strategy:
-        if not usable(strategy, device, automatic=True):
+        if strategy in exclude or not usable(strategy, device, automatic=True):
             continue
         for vram in budgets:
             p = plan_for(strategy, plan.model, plan.width, plan.height, plan.batch, vram, plan.ram_gb, plan.card, steps)

@@ -204,6 +204,27 @@ def apply_fp8_storage(loaded, device: str, plan) -> None:
     _finish(loaded, device, plan)
 
 
+def apply_fp8_compute(loaded, device: str, plan) -> None:
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise LightdiffError("Plan fp8-compute needs torchao, which is not installed.",
+                             "pip install torchao (matching your torch), or use --plan fp8-storage.",
+                             code="plan_unavailable") from None
+    from lightdiff.runtime import fp8
+
+    reason = fp8.unsupported_reason(device)
+    if reason:
+        raise LightdiffError(f"Plan fp8-compute cannot run on {device}: {reason}.",
+                             "Use --plan auto (it picks fp8-storage or offloading instead).",
+                             code="plan_unavailable")
+    den = denoiser(loaded)
+    fp8.quantize_denoiser(den, device=device)  # layer by layer: the bf16 model never sits on the GPU whole
+    den.to(device)
+    _place_others(loaded, device, plan)
+    _finish(loaded, device, plan)
+
+
 def apply_int8_weight(loaded, device: str, plan) -> None:
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_

@@ -49,9 +49,10 @@ class Engine:
                 raise InvalidRequest("plan", f"Plan {plan!r} needs a CUDA device; this engine runs on {self.device}.",
                                      "Use --device cuda on a machine with a GPU, or another --plan.")
         self.plan = plan
-        # the speed path (runtime/fastpath.py): "auto" uses it on CUDA where it reproduces the plain
-        # pipeline (SD1.5, Euler, CFG, resident plan); "off" never; "eager" runs the same loop uncompiled
-        # on any device (tests check it against the plain path on the CPU)
+        # the speed path (runtime/fastpath.py): "auto" uses it on CUDA: SD1.5's graph-captured Euler loop
+        # where it reproduces the plain pipeline (Euler, CFG, resident plan), regional compilation of a
+        # transformer's blocks (resident or fp8-compute plans), and lets the planner pick fp8-compute;
+        # "off" never; "eager" runs SD1.5's loop uncompiled on any device (tests check it on the CPU)
         if fast not in ("auto", "off", "eager"):
             from lightdiff.errors import InvalidRequest
 
@@ -128,7 +129,7 @@ class Engine:
         if again is not None and again.estimate.fits:
             return again, []  # the loaded placement serves this request too: no reload
         chosen = plans.choose(spec, r.width, r.height, r.batch_size, kw["vram_gb"], kw["ram_gb"], kw["card"], r.steps,
-                              device=self.device)
+                              device=self.device, exclude=self._not_automatic())
         return chosen, []
 
     def run(self, request: dict, progress=None, cancel=None) -> GenerationResult:
@@ -143,12 +144,25 @@ class Engine:
         plan, warnings = self._plan(req, sized)
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
+    def _not_automatic(self) -> tuple:
+        """Plans auto may not pick: with the speed path off, fp8 compute (faster, but not bf16's numbers)."""
+        return (plans.Strategy.FP8_COMPUTE,) if self.fast == "off" else ()
+
     def _attach_fast_path(self, loaded) -> None:
-        """Give a resident SD1.5 model the graph-captured Euler loop once (txt2img uses it when it applies)."""
+        """Once per loaded model: SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or
+        a transformer's repeated blocks compiled (its weights stay where the plan put them)."""
         if hasattr(loaded, "fast_loop"):
             return
         loaded.fast_loop = None
         wanted = self.fast == "eager" or (self.fast == "auto" and str(loaded.device).startswith("cuda"))
+        den = getattr(loaded.pipe, "transformer", None)
+        if (self.fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
+                and loaded.plan in ("resident", "fp8-compute")):
+            from lightdiff.runtime.fastpath import persist_compile_cache
+
+            persist_compile_cache()
+            den.compile_repeated_blocks(fullgraph=True)
+            loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
         if wanted and loaded.spec.family == "sd15" and loaded.plan == "resident":
             from lightdiff.runtime.fastpath import SD15GraphLoop, persist_compile_cache
 
@@ -210,7 +224,7 @@ class Engine:
                 tiled = True
                 fallbacks.append("vae-tiling")
             else:
-                nxt = plans.cheaper(plan, tried, r.steps, device=self.device)
+                nxt = plans.cheaper(plan, tried, r.steps, device=self.device, exclude=self._not_automatic())
                 if nxt is None:
                     raise self._out_of_memory(r, plan, stage, error, fallbacks)
                 tried.add(plans.plan_key(plan))
