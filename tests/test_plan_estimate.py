@@ -143,3 +143,35 @@ def test_estimating_does_not_import_torch():
             "plan.choose('sd15', 512, 512, 1, 4.0)\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_workflows_plan_for_their_own_weights_and_largest_pass():
+    """A ControlNet's weights and hires fix's second pass are in the plan before anything loads: the
+    engine and the benchmark size plans the same way (an unplanned ControlNet ran out of memory at 24 GB)."""
+    import types
+
+    from lightdiff.bench.cases import Item
+    from lightdiff.bench.planner import Hardware, memory_of, plan_for_item
+    from lightdiff.workflows import controlnet
+
+    spec = specs.get("qwen-image-2512")
+    width, height, extra = memory_of(spec, Item("workflow", 1024, 1024, workflow="controlnet"))
+    assert (width, height) == (1024, 1024) and extra == pytest.approx(1768.0, rel=0.01)  # InstantX union, 5 blocks
+    assert memory_of(spec, Item("workflow", 512, 512, workflow="hires_fix"))[:2] == (1024, 1024)
+    assert memory_of(spec, Item("speed", 512, 512)) == (512, 512, 0.0)
+    sd15 = specs.get("sd15")
+    assert controlnet.memory_extra_params_M(None, sd15) == pytest.approx(361.3, rel=0.01)  # control_v11p_sd15_canny
+
+    group = types.SimpleNamespace(steps=20, vram_budget_gb=24.0, plan=None)
+    hw = Hardware("NVIDIA H100 80GB HBM3", 79.2, 125.0)
+    plain = plan_for_item(plans, spec, Item("speed", 1024, 1024), group, hw, "fp8-group-offload")
+    with_cn = plan_for_item(plans, spec, Item("workflow", 1024, 1024, workflow="controlnet"), group, hw,
+                            "fp8-group-offload")
+    # the same budget holds 3.3 GB more weights: the denoiser keeps less on the GPU, and it still fits
+    cn_gib = 1768.0e6 * 2 / 2**30
+    assert with_cn.options["layout"] != plain.options["layout"]
+    assert with_cn.estimate.peak_vram_gb - cn_gib < plain.estimate.peak_vram_gb - 1.0
+    assert with_cn.estimate.fits and with_cn.info()["for"]["extra_params_M"] == pytest.approx(1768.0, rel=0.01)
+    at = plans.plan_for(Strategy.RESIDENT, spec, 1024, 1024, 1, 80.0)
+    assert at.at(1024, 1024, extra_params_M=1768.0).estimate.peak_vram_gb == pytest.approx(
+        at.estimate.peak_vram_gb + 1768.0e6 * 2 / 2**30, abs=0.01)

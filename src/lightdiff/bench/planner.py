@@ -19,6 +19,7 @@ import importlib.util
 from dataclasses import dataclass, field
 
 from lightdiff import specs
+from lightdiff.errors import LightdiffError
 
 
 def plan_module():
@@ -62,13 +63,34 @@ def _vram_for(group, hw: Hardware) -> float | None:
     return group.vram_budget_gb if group.vram_budget_gb is not None else hw.vram_gb
 
 
+def memory_of(spec, item) -> tuple[int, int, float]:
+    """(width, height, extra_params_M) a plan must hold for ``item``: a workflow case plans as the engine
+    does, for its largest pass (hires fix) and the weights it adds (a ControlNet)."""
+    if item.kind != "workflow" or item.workflow == "txt2img":
+        return item.width, item.height, 0.0
+    from lightdiff import workflows
+    from lightdiff.bench import workflow_requests
+    from lightdiff.workflows.base import parse
+    from lightdiff.workflows.engine import memory_request
+
+    try:
+        wf = workflows.get(item.workflow)
+    except LightdiffError:  # not in this version: the case's own row says so
+        return item.width, item.height, 0.0
+    request = {"workflow": item.workflow, "model": spec.id, "prompt": "memory",
+               **workflow_requests.request_for(item.workflow, spec, item)}
+    r, extra = memory_request(wf, parse(wf.Request, request))
+    return r.width, r.height, extra
+
+
 def plan_for_item(mod, spec, item, group, hw: Hardware, name: str | None = None):
     """The planner's Plan for one item: the named strategy, or the one it chooses (may raise DoesNotFit)."""
-    kw = dict(ram_gb=hw.ram_gb, card=hw.card_name(), steps=group.steps)
+    width, height, extra = memory_of(spec, item)
+    kw = dict(ram_gb=hw.ram_gb, card=hw.card_name(), steps=group.steps, extra_params_M=extra)
     if name:
-        return mod.plan_for(mod.Strategy.named(name), spec, item.width, item.height, item.batch_size,
+        return mod.plan_for(mod.Strategy.named(name), spec, width, height, item.batch_size,
                             _vram_for(group, hw), **kw)
-    return mod.choose(spec, item.width, item.height, item.batch_size, _vram_for(group, hw), **kw)
+    return mod.choose(spec, width, height, item.batch_size, _vram_for(group, hw), **kw)
 
 
 def predicted(plan) -> dict:
@@ -153,9 +175,12 @@ def choose(group, spec, device: str, env: dict) -> PlanChoice:
     if mod is None:
         return PlanChoice("resident", {"why": "no memory planner in this version (runtime/plan.py)"})
     hw = Hardware.detect(device)
-    # size the plan (block layout, tiling) for the largest item, so every item of the group fits it
-    largest = max(group.items, key=lambda it: it.width * it.height * it.batch_size)
-    plan = plan_for_item(mod, spec, largest, group, hw, group.plan)
+    # size the plan (block layout, tiling) for the most demanding item, so every item of the group fits it
+    def demand(item):
+        width, height, extra = memory_of(spec, item)
+        return width * height * item.batch_size, extra
+
+    plan = plan_for_item(mod, spec, max(group.items, key=demand), group, hw, group.plan)
     return PlanChoice(plan.name, plan.info(), plan, mod, spec, group, hw)
 
 

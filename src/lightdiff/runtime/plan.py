@@ -81,7 +81,7 @@ def _finish(r: Request, parts: _Parts, tiling: bool, te_mode: str, needs: str | 
     p, dt = r.profile, m.compute_dtype(r.spec)
     te = m.gib(r.spec.params_M("text_encoder"), dt) if te_mode != "none" else 0.0
     vae = m.gib(r.spec.params_M("vae"), dt)
-    gpu = parts.gpu_weights + vae + p.overhead_gib + (te if te_mode == "device" else 0.0)
+    gpu = parts.gpu_weights + vae + p.overhead_gib + r.extra_gib + (te if te_mode == "device" else 0.0)
     transients = [parts.denoise_transient + m.denoise_act_gib(r), m.vae_act_gib(r, tiling, tiling)]
     if te_mode == "device":
         transients.append(p.te_act_gib)
@@ -257,8 +257,8 @@ def _estimate_model_offload(r: Request, fixed: dict | None = None) -> Estimate:
         parts, _ = build(tiling, "managed")
         vae = m.gib(r.spec.params_M("vae"), dt)
         te = m.gib(r.spec.params_M("text_encoder"), dt) if m.has_text_encoder(r.spec) else 0.0
-        peak = p.overhead_gib + max(parts.gpu_weights + m.denoise_act_gib(r), vae + m.vae_act_gib(r, tiling, tiling),
-                                    te + p.te_act_gib)
+        peak = p.overhead_gib + r.extra_gib + max(parts.gpu_weights + m.denoise_act_gib(r),
+                                                  vae + m.vae_act_gib(r, tiling, tiling), te + p.te_act_gib)
         out.append(_managed_estimate(r, peak, parts, tiling))
     return _best(out)
 
@@ -272,7 +272,8 @@ def _estimate_sequential(r: Request, fixed: dict | None = None) -> Estimate:
         copy = m.transfer_s(r, m.gib(_den_params(r), dt), pinned=False)
         parts = _Parts(0.0, 0.0, _all_weights_gib(r), m.call_compute_s(r) + copy, {})
         leaf = m.gib(m.TE_LARGEST_LEAF_M.get(r.spec.family, 0.0), dt)
-        peak = p.overhead_gib + leaf + max(m.denoise_act_gib(r), m.vae_act_gib(r, tiling, tiling), p.te_act_gib)
+        peak = p.overhead_gib + r.extra_gib + leaf + max(m.denoise_act_gib(r), m.vae_act_gib(r, tiling, tiling),
+                                                         p.te_act_gib)
         out.append(_managed_estimate(r, peak, parts, tiling))
     return _best(out)
 
@@ -367,7 +368,7 @@ def names() -> list[str]:
 
 
 def request_for(spec, width, height, batch=1, card_or_budget=None, *, steps=None, ram_gb=None,
-                vram_gb: float | None = None, card=None) -> Request:
+                vram_gb: float | None = None, card=None, extra_params_M: float = 0.0) -> Request:
     """Normalise the ways a budget is given: a card (its VRAM), a card name, or GB. ``card`` (a Card
     or a name) only sets the card speeds are predicted for; it implies no budget."""
     from lightdiff.specs.cards import Card, find_card
@@ -383,7 +384,7 @@ def request_for(spec, width, height, batch=1, card_or_budget=None, *, steps=None
         vram_gb = float(card_or_budget)
     if vram_gb is None and card is not None:
         vram_gb = card.vram_gb
-    return m.make_request(spec, width, height, batch, steps, vram_gb, ram_gb, card or speed_card)
+    return m.make_request(spec, width, height, batch, steps, vram_gb, ram_gb, card or speed_card, extra_params_M)
 
 
 # --- plans -------------------------------------------------------------------------------------------
@@ -402,6 +403,7 @@ class Plan:
     vram_gb: float | None
     ram_gb: float | None
     card: str
+    extra_params_M: float = 0.0  # a workflow's own weights on the GPU (a ControlNet)
 
     @property
     def name(self) -> str:
@@ -414,41 +416,47 @@ class Plan:
     def info(self) -> dict:
         """What goes into LoadedModel.plan_info and so into every image's metadata."""
         return {"strategy": self.name, "predicted": self.estimate.to_dict(),
-                "for": {"width": self.width, "height": self.height, "batch": self.batch},
+                "for": {"width": self.width, "height": self.height, "batch": self.batch,
+                        **({"extra_params_M": self.extra_params_M} if self.extra_params_M else {})},
                 "vram_budget_gb": self.vram_gb, "ram_budget_gb": self.ram_gb, "card": self.card}
 
-    def at(self, width: int, height: int, batch: int = 1, steps: int | None = None) -> "Plan":
-        """This plan's placement (text encoder, block layout) re-estimated for another request.
-        VAE tiling is left free: it can be switched on without reloading."""
+    def at(self, width: int, height: int, batch: int = 1, steps: int | None = None,
+           extra_params_M: float | None = None) -> "Plan":
+        """This plan's placement (text encoder, block layout) re-estimated for another request (with its
+        own workflow weights, when given). VAE tiling is left free: it can be switched on without reloading."""
         fixed = {k: v for k, v in self.options.items() if k in ("text_encoder", "layout")}
+        extra = self.extra_params_M if extra_params_M is None else extra_params_M
         r = request_for(self.model, width, height, batch, steps=steps, ram_gb=self.ram_gb, vram_gb=self.vram_gb,
-                        card=self.card)
+                        card=self.card, extra_params_M=extra)
         estimate = self.strategy.value.estimate_fn(r, fixed)
         keep = {k: v for k, v in self.options.items() if k == "fallback"}
         return replace(self, estimate=replace(estimate, options={**estimate.options, **keep}),
-                       width=r.width, height=r.height, batch=r.batch)
+                       width=r.width, height=r.height, batch=r.batch, extra_params_M=r.extra_params_M)
 
     def with_options(self, **options) -> "Plan":
         return replace(self, estimate=replace(self.estimate, options={**self.estimate.options, **options}))
 
 
 def plan_for(strategy: Strategy, spec, width, height, batch=1, vram_gb=None, ram_gb=None, card=None,
-             steps=None) -> Plan:
-    r = request_for(spec, width, height, batch, steps=steps, ram_gb=ram_gb, vram_gb=vram_gb, card=card)
+             steps=None, extra_params_M: float = 0.0) -> Plan:
+    """``extra_params_M``: weights a workflow adds on the GPU (a ControlNet), millions of parameters."""
+    r = request_for(spec, width, height, batch, steps=steps, ram_gb=ram_gb, vram_gb=vram_gb, card=card,
+                    extra_params_M=extra_params_M)
     return Plan(strategy, strategy.value.estimate_fn(r), r.spec.id, r.width, r.height, r.batch, r.vram_gb,
-                r.ram_gb, r.card.name)
+                r.ram_gb, r.card.name, r.extra_params_M)
 
 
-def estimate_all(spec, width, height, batch=1, vram_gb=None, ram_gb=None, card=None, steps=None) -> list[Plan]:
-    return [plan_for(s, spec, width, height, batch, vram_gb, ram_gb, card, steps) for s in Strategy]
+def estimate_all(spec, width, height, batch=1, vram_gb=None, ram_gb=None, card=None, steps=None,
+                 extra_params_M: float = 0.0) -> list[Plan]:
+    return [plan_for(s, spec, width, height, batch, vram_gb, ram_gb, card, steps, extra_params_M) for s in Strategy]
 
 
 def choose(spec, width, height, batch=1, budget_gb=None, ram_gb=None, card=None, steps=None,
-           exclude: tuple[Strategy, ...] = (), device: str = "cuda") -> Plan:
+           exclude: tuple[Strategy, ...] = (), device: str = "cuda", extra_params_M: float = 0.0) -> Plan:
     """The fastest plan predicted to fit (with the margin in plan_model.VRAM_MARGIN_*).
 
     Raises DoesNotFit, saying what the least demanding plan needs and what to change."""
-    plans = [p for p in estimate_all(spec, width, height, batch, budget_gb, ram_gb, card, steps)
+    plans = [p for p in estimate_all(spec, width, height, batch, budget_gb, ram_gb, card, steps, extra_params_M)
              if p.strategy not in exclude]
     fitting = [p for p in plans if p.estimate.fits and usable(p.strategy, device, automatic=True)]
     if fitting:
@@ -485,7 +493,8 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
         if strategy in exclude or not usable(strategy, device, automatic=True):
             continue
         for vram in budgets:
-            p = plan_for(strategy, plan.model, plan.width, plan.height, plan.batch, vram, plan.ram_gb, plan.card, steps)
+            p = plan_for(strategy, plan.model, plan.width, plan.height, plan.batch, vram, plan.ram_gb, plan.card, steps,
+                         plan.extra_params_M)
             if plan_key(p) in tried or p.estimate.peak_vram_gb > limit:
                 continue
             p = replace(p, vram_gb=plan.vram_gb)  # judged against the real budget from here on

@@ -129,6 +129,12 @@ class Request:
     vram_gb: float | None  # None: no limit (CPU, or unknown)
     ram_gb: float | None
     card: Card
+    # weights a workflow adds on the GPU beside the model's own (a ControlNet), in the compute dtype
+    extra_params_M: float = 0.0
+
+    @property
+    def extra_gib(self) -> float:
+        return gib(self.extra_params_M, compute_dtype(self.spec))
 
     @property
     def mpx(self) -> float:
@@ -151,11 +157,12 @@ class Request:
 
 
 def make_request(spec, width: int, height: int, batch: int = 1, steps: int | None = None,
-                 vram_gb: float | None = None, ram_gb: float | None = None, card: Card | str | None = None) -> Request:
+                 vram_gb: float | None = None, ram_gb: float | None = None, card: Card | str | None = None,
+                 extra_params_M: float = 0.0) -> Request:
     if isinstance(card, str):
         card = find_card(card)
     return Request(spec, int(width), int(height), int(batch), int(steps or spec.defaults.steps),
-                   vram_gb, ram_gb, card or find_card(REFERENCE_CARD))
+                   vram_gb, ram_gb, card or find_card(REFERENCE_CARD), float(extra_params_M))
 
 
 def gib(params_M: float, dtype: str) -> float:

@@ -52,6 +52,8 @@ CONTROLNETS = {
         # twin and synthetic: ControlNetModel.from_unet(loaded UNet); the conditioning encoder gets one
         # stride-2 stage per VAE downsampling (three for the real VAE, one for the tiny twin's)
         "cond_channels": (16, 32, 96, 256),
+        # ControlNet parameters / UNet parameters, counted on the meta device: 361.28 M / 859.52 M
+        "params_ratio": 0.4203,
     },
     "qwen-image": {
         "class": "QwenImageControlNetModel",
@@ -61,6 +63,8 @@ CONTROLNETS = {
         "config": {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 5,
                    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
                    "axes_dims_rope": [16, 56, 56], "extra_condition_channels": 0},
+        # ControlNet parameters / transformer parameters, counted on the meta device: 1768.00 M / 20430.40 M
+        "params_ratio": 0.08654,
         # matches the tiny-qwen-image transformer (specs/builtin.py)
         "twin_config": {"patch_size": 2, "in_channels": 16, "out_channels": 4, "num_layers": 2,
                         "attention_head_dim": 16, "num_attention_heads": 3, "joint_attention_dim": 16,
@@ -84,6 +88,13 @@ class Request(BaseRequest):
     control_scale: float = Field(1.0, ge=0.0, le=2.0)
     control_start: float = Field(0.0, ge=0.0, le=1.0)
     control_end: float = Field(1.0, ge=0.0, le=1.0)
+
+
+def memory_extra_params_M(req: Request, spec) -> float:
+    """The ControlNet's parameters (millions), on the GPU beside the model: the planner counts them."""
+    from lightdiff.runtime.plan_model import PROFILES
+
+    return CONTROLNETS[spec.family]["params_ratio"] * spec.params_M(PROFILES[spec.family].denoiser)
 
 
 def check_ranges(req: Request) -> None:

@@ -36,6 +36,17 @@ def is_oom(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
+def memory_request(wf, req):
+    """What the planner sizes a request's plan for: the workflow's largest pass (hires fix plans for
+    its second pass) and the weights it adds on the GPU (a ControlNet), in millions of parameters."""
+    r = resolve(req, specs.get(req.model))
+    if hasattr(wf, "memory_size"):
+        width, height = wf.memory_size(req, r.spec)
+        r = dataclasses.replace(r, width=width, height=height)
+    extra = wf.memory_extra_params_M(req, r.spec) if hasattr(wf, "memory_extra_params_M") else 0.0
+    return r, extra
+
+
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
@@ -108,16 +119,17 @@ class Engine:
     def plan_for(self, request: dict):
         """The plan a request would run under (DoesNotFit when none is predicted to fit), and warnings."""
         wf, req = self.parse(request)
-        return self._plan(req, resolve(req, specs.get(req.model)))
+        return self._plan(req, *memory_request(wf, req))
 
-    def _plan(self, req, r):
+    def _plan(self, req, r, extra_params_M: float = 0.0):
         spec = r.spec
-        kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_budget_gb, card=self.card(), steps=r.steps)
+        kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_budget_gb, card=self.card(), steps=r.steps,
+                  extra_params_M=extra_params_M)
         loaded = self.pool.peek(req.model, req.weights)
         state = getattr(loaded, "plan_state", None)
         again = None
         if state is not None and not state.plan.options.get("fallback"):
-            again = state.plan.at(r.width, r.height, r.batch_size, r.steps)
+            again = state.plan.at(r.width, r.height, r.batch_size, r.steps, extra_params_M)
         if self.plan != "auto":
             asked = plans.plan_for(plans.Strategy.named(self.plan), spec, r.width, r.height, r.batch_size, **kw)
             if again is not None and again.name == asked.name and (again.estimate.fits or not asked.estimate.fits):
@@ -129,7 +141,7 @@ class Engine:
         if again is not None and again.estimate.fits:
             return again, []  # the loaded placement serves this request too: no reload
         chosen = plans.choose(spec, r.width, r.height, r.batch_size, kw["vram_gb"], kw["ram_gb"], kw["card"], r.steps,
-                              device=self.device, exclude=self._not_automatic())
+                              device=self.device, exclude=self._not_automatic(), extra_params_M=extra_params_M)
         return chosen, []
 
     def run(self, request: dict, progress=None, cancel=None) -> GenerationResult:
@@ -137,11 +149,7 @@ class Engine:
         if req.seed is None:  # fixed now, so a batch split after an OOM reproduces the same images
             req = req.model_copy(update={"seed": secrets.randbelow(2**32)})
         r = resolve(req, specs.get(req.model))
-        sized = r  # a workflow whose largest pass is bigger than its request (hires fix) plans for that pass
-        if hasattr(wf, "memory_size"):
-            width, height = wf.memory_size(req, r.spec)
-            sized = dataclasses.replace(r, width=width, height=height)
-        plan, warnings = self._plan(req, sized)
+        plan, warnings = self._plan(req, *memory_request(wf, req))
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
     def _not_automatic(self) -> tuple:
