@@ -24,6 +24,12 @@ def test_row_padding_keeps_the_rows_and_pads_what_the_matmul_sees():
         assert rows % 16 == 0 and 0 <= rows - np.prod(shape[:-1]) < 16
         assert torch.allclose(out, linear(x), atol=1e-6)  # another GEMM kernel: rounding only
     assert wrapped.weight is linear.weight and wrapped.out_features == 48
+    # a shape cuBLAS refuses below 257 rows (pytorch/ao#4582) is padded to the rows it accepts
+    at_least = fp8.RowPadded(linear, min_rows=272)
+    out = at_least(torch.randn(5, 32))
+    assert seen[-1][0] == 272 and out.shape == (5, 48)
+    at_least(torch.randn(300, 32))
+    assert seen[-1][0] == 304
 
 
 def test_padded_qwen_twin_draws_the_same_image():
@@ -39,7 +45,7 @@ def test_padded_qwen_twin_draws_the_same_image():
     rows = []
     for n in names:
         den.get_submodule(n).register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
-    fp8.wrap_rows(den, names)
+    fp8.wrap_rows(den, {n: 16 for n in names})
     after = np.asarray(txt2img.run(padded, REQUEST).images[0])
     assert rows and all(r % 16 == 0 for r in rows)
     assert np.abs(before.astype(int) - after.astype(int)).max() <= 1  # float reassociation at most

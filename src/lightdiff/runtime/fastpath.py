@@ -66,7 +66,7 @@ def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
     if kind == "fp8" and getattr(den, "_repeated_blocks", None):
         from lightdiff.runtime import fp8
 
-        return fp8.quantize_denoiser(den)
+        return fp8.quantize_denoiser(den)["layers"]
     if kind == "fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 

@@ -10,6 +10,12 @@ fail as they are (CUBLAS_STATUS_NOT_SUPPORTED, measured 2026-11-26). ``RowPadded
 with zeros to the next multiple of 16 and drops them after the matmul: rows are independent, so
 the real rows' results are unchanged, and the padding costs at most 15 rows of work. torchao has no
 such option (its ``pad_inner_dim`` pads the reduction dimension, not the rows).
+
+cuBLAS's row-wise scaled fp8 matmul also refuses some shapes with few rows on the H100: a large
+reduction dimension (Linear(9216 -> 3072)) fails up to 256 rows and works from 257 (pytorch/ao#4582;
+here Qwen-Image's feed-forward output Linear(12288 -> 3072) on the text stream, measured 2026-11-26).
+So ``quantize_denoiser`` asks the card, once per layer shape, for the fewest rows that work (16, else
+272, else 1024) and pads to that; a shape that fails at every count stays in the compute dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import torch
 
 ROW_MULTIPLE = 16
+ROW_COUNTS_TO_TRY = (16, 272, 1024)  # 272: the first multiple of 16 above pytorch/ao#4582's 256
 # Layers left in the compute dtype: the first and last projections of the latent (tiny, and the
 # ones quantization noise hurts most) and the timestep embedding (two small layers).
 KEEP_PRECISE = ("img_in", "proj_out", "norm_out", "time_text_embed")
@@ -25,10 +32,11 @@ KEEP_PRECISE = ("img_in", "proj_out", "norm_out", "time_text_embed")
 class RowPadded(torch.nn.Module):
     """A Linear whose input rows are padded to a multiple of ``multiple`` (see the module docstring)."""
 
-    def __init__(self, inner: torch.nn.Module, multiple: int = ROW_MULTIPLE):
+    def __init__(self, inner: torch.nn.Module, multiple: int = ROW_MULTIPLE, min_rows: int = 0):
         super().__init__()
         self.inner = inner
         self.multiple = multiple
+        self.min_rows = min_rows  # some fp8 shapes need more rows than any multiple of 16 (module docstring)
 
     # diffusers reads these from the layers it holds (e.g. a layer's weight dtype or device)
     @property
@@ -51,8 +59,8 @@ class RowPadded(torch.nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         rows = flat.shape[0]
-        pad = -rows % self.multiple
-        if pad:
+        pad = max(-rows % self.multiple, self.min_rows - rows)
+        if pad > 0:
             flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
         out = self.inner(flat)
         return out[:rows].reshape(*lead, out.shape[-1])
@@ -76,23 +84,54 @@ def unsupported_reason(device) -> str | None:
     return None
 
 
-def quantize_denoiser(denoiser: torch.nn.Module, device=None) -> int:
+def _config():
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+
+def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16) -> int | None:
+    """The fewest rows (of ROW_COUNTS_TO_TRY) a float8 Linear of this shape runs with on ``device``;
+    None when it fails at every count. Asks the card: cuBLAS's support is by shape and version."""
+    from torchao.quantization import quantize_
+
+    probe = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, dtype=dtype, device=device))
+    quantize_(probe, _config())
+    for rows in ROW_COUNTS_TO_TRY:
+        try:
+            probe(torch.zeros(rows, in_features, dtype=dtype, device=device))
+            torch.cuda.synchronize(device)
+            return rows
+        except RuntimeError as e:  # CUBLAS_STATUS_NOT_SUPPORTED for this shape: try more rows
+            if "CUBLAS" not in str(e) and "not supported" not in str(e).lower():
+                raise
+    return None
+
+
+def quantize_denoiser(denoiser: torch.nn.Module, device=None) -> dict:
     """Convert the denoiser's Linear layers to torchao float8 (per-row scales), each padded for rows.
 
     With ``device``, each layer is moved there just before it is converted, so a bf16 model in host
-    RAM never needs its full bf16 size on the GPU. Returns the number of layers converted."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    RAM never needs its full bf16 size on the GPU. Returns what was done: layers converted, the rows
+    each shape is padded to, and the shapes left in the compute dtype."""
+    from torchao.quantization import quantize_
 
-    wanted = {n for n, mod in denoiser.named_modules() if quantizable(mod, n)}
-    quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-              filter_fn=lambda mod, fqn: fqn in wanted, device=device)
-    wrap_rows(denoiser, wanted)
-    return len(wanted)
+    run_on = device or next(denoiser.parameters()).device
+    dtype = next(denoiser.parameters()).dtype
+    wanted = {n: mod for n, mod in denoiser.named_modules() if quantizable(mod, n)}
+    shapes = {(m.in_features, m.out_features) for m in wanted.values()}
+    rows = {shape: fewest_rows(*shape, run_on, dtype) for shape in sorted(shapes)}
+    keep = {n for n, m in wanted.items() if rows[(m.in_features, m.out_features)] is None}
+    names = set(wanted) - keep
+    quantize_(denoiser, _config(), filter_fn=lambda mod, fqn: fqn in names, device=device)
+    wrap_rows(denoiser, {n: rows[(wanted[n].in_features, wanted[n].out_features)] for n in names})
+    return {"layers": len(names), "min_rows": {f"{k}x{n}": r for (k, n), r in sorted(rows.items())},
+            "kept_precise": sorted(keep)}
 
 
-def wrap_rows(root: torch.nn.Module, names: set[str], multiple: int = ROW_MULTIPLE) -> None:
-    """Replace each named submodule of ``root`` by ``RowPadded(submodule)``."""
-    for name in sorted(names):
+def wrap_rows(root: torch.nn.Module, min_rows: dict[str, int], multiple: int = ROW_MULTIPLE) -> None:
+    """Replace each named submodule of ``root`` by ``RowPadded(submodule)``, padded to at least its rows."""
+    for name, rows in sorted(min_rows.items()):
         parent_name, _, child = name.rpartition(".")
         parent = root.get_submodule(parent_name) if parent_name else root
-        setattr(parent, child, RowPadded(getattr(parent, child), multiple))
+        setattr(parent, child, RowPadded(getattr(parent, child), multiple, rows))

@@ -219,10 +219,11 @@ def apply_fp8_compute(loaded, device: str, plan) -> None:
                              "Use --plan auto (it picks fp8-storage or offloading instead).",
                              code="plan_unavailable")
     den = denoiser(loaded)
-    fp8.quantize_denoiser(den, device=device)  # layer by layer: the bf16 model never sits on the GPU whole
+    done = fp8.quantize_denoiser(den, device=device)  # layer by layer: the bf16 model never sits on the GPU whole
     den.to(device)
     _place_others(loaded, device, plan)
     _finish(loaded, device, plan)
+    loaded.plan_info = {**loaded.plan_info, "fp8": done}
 
 
 def apply_int8_weight(loaded, device: str, plan) -> None:
