@@ -12,8 +12,9 @@ Strategies, fastest first when they fit:
 - fp8-storage: the denoiser's weights stored in fp8 and cast per layer for compute (diffusers
   layerwise casting); half the bytes, some time per forward for the casts.
 - fp8-compute: the denoiser's linear layers in fp8 with fp8 matmuls (torchao float8, per-row
-  scales; runtime/fp8.py): half the bytes and faster than bf16 on cards with fp8 tensor cores
-  (Ada, Hopper). Transformer denoisers only (a UNet's convolutions stay in bf16).
+  scales; runtime/fp8.py): half the bytes, on cards with fp8 tensor cores (Ada, Hopper). Measured
+  eager it is 3.3x slower than bf16 (torchao's per-layer overhead), so it is picked only where
+  nothing faster fits. Transformer denoisers only (a UNet's convolutions stay in bf16).
 - int8-weight: torchao weight-only int8 for the denoiser's linear layers (needs torchao).
 - group-offload: the denoiser's blocks split: as many resident as fit, the rest streamed from
   pinned host RAM on a CUDA stream one block ahead (diffusers group offloading), in the compute dtype.
@@ -185,7 +186,7 @@ def _estimate_fp8_compute(r: Request, fixed: dict | None = None) -> Estimate:
         needs = "needs torchao (pip install torchao)"
 
     def build(tiling, te_mode):
-        per_call = m.call_compute_s(r, m.fp8_compute_factor(r))
+        per_call = m.call_compute_s(r) + m.FP8_EAGER_S_PER_CALL
         return _Parts(m.gib(_den_params(r), "fp8"), 0.0, 0.0, per_call, {"storage": "fp8", "compute": "fp8"}), needs
     return _over_modifiers(r, build, fixed)
 

@@ -58,11 +58,13 @@ PAGEABLE_EFFICIENCY = 0.5
 # dequantize each weight per call: read 1 byte, write and read 2 -- like the fp8 casts but one way.
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
 INT8_DEQUANT_BYTES_PER_PARAM = 3
-# fp8 compute (torchao float8 matmuls): the share of a denoiser call's bf16 time that is linear layers
-# runs at the card's fp8/bf16 peak ratio times this efficiency; attention and the rest stay bf16.
-# ASSUMED until tools/speed_bench.py measures it (qwen-image at 1024: ~80% of the FLOPs are linears).
-FP8_LINEAR_FLOP_SHARE = 0.8
-FP8_MATMUL_GAIN_EFFICIENCY = 0.6
+# fp8 compute (torchao float8 matmuls, eager, as the engine runs it): time added to each denoiser call.
+# CALIBRATED: qwen-image-2512 at 1024 on the H100, 2026-11-26: 24.57 s vs 7.52 s per image (eager bf16) over
+# 40 calls = 0.426 s per call: its 841 float8 Linear calls each pay torchao's tensor-subclass dispatch and
+# separate activation-quantization kernels (~0.5 ms each), more than the fp8 matmuls save. Compiled fp8
+# (where those fuse) was not measured: the run hit its time limit while compiling. So the planner picks
+# fp8-compute only where nothing faster fits.
+FP8_EAGER_S_PER_CALL = 0.426
 TILED_VAE_TIME_FACTOR = 1.3  # overlapping tiles decode ~30% more pixels. ASSUMED.
 
 
@@ -224,14 +226,6 @@ def call_compute_s(r: Request, compute_factor: float = 1.0) -> float:
     p = r.profile
     items = p.items_per_call * r.batch
     return p.call_overhead_s + compute_factor * items * _flops(r, p.denoiser) / rate_tflops(r)
-
-
-def fp8_compute_factor(r: Request) -> float:
-    """Time of an fp8-compute denoiser call relative to bf16 (1.0 where the card has no fp8)."""
-    if not r.card.fp8_tflops:
-        return 1.0
-    gain = 1 + (r.card.fp8_tflops / r.card.bf16_tflops - 1) * FP8_MATMUL_GAIN_EFFICIENCY
-    return (1 - FP8_LINEAR_FLOP_SHARE) + FP8_LINEAR_FLOP_SHARE / gain
 
 
 def vae_s(r: Request, tiling: bool) -> float:

@@ -165,7 +165,7 @@ class Engine:
         wanted = self.fast == "eager" or (self.fast == "auto" and str(loaded.device).startswith("cuda"))
         den = getattr(loaded.pipe, "transformer", None)
         if (self.fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
-                and loaded.plan in ("resident", "fp8-compute")):
+                and loaded.plan == "resident"):  # fp8-compute compiled: not yet measured
             from lightdiff.runtime.fastpath import persist_compile_cache
 
             persist_compile_cache()
