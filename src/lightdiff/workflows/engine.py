@@ -62,7 +62,7 @@ class Engine:
         self.plan = plan
         # the speed path (runtime/fastpath.py): "auto" uses it on CUDA: SD1.5's graph-captured Euler loop
         # where it reproduces the plain pipeline (Euler, CFG, resident plan), regional compilation of a
-        # transformer's blocks (resident or fp8-compute plans), and lets the planner pick fp8-compute;
+        # transformer's blocks (resident plan), and lets the planner pick fp8-compute;
         # "off" never; "eager" runs SD1.5's loop uncompiled on any device (tests check it on the CPU)
         if fast not in ("auto", "off", "eager"):
             from lightdiff.errors import InvalidRequest
