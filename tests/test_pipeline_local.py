@@ -87,6 +87,32 @@ def test_each_image_is_claimed_by_one_worker_and_an_expired_lease_is_reclaimed(t
     assert m2.counts()["done"] == 1
 
 
+def test_throughput_leaves_out_each_workers_first_image(tmp_path, monkeypatch):
+    """Steady state is what more images would add: each worker's first image carries its model load and
+    warm-up. Two workers making an image every 0.5 s after loads of 10 and 12 s run at 4 images/s."""
+    from types import SimpleNamespace
+
+    from lightdiff.pipeline import manifest as manifest_module
+
+    clock = {"t": 100.0}
+    monkeypatch.setattr(manifest_module, "time", SimpleNamespace(time=lambda: clock["t"]))
+    m = Manifest(tmp_path / "m.sqlite")
+    m.add(jobs.expand({"prompt": "p", "seeds": list(range(10)), **TINY}))
+    done = sorted([(110 + 0.5 * i, "a") for i in range(5)] + [(112 + 0.5 * i, "b") for i in range(5)])
+    for t, worker in done:
+        clock["t"] = t - 0.1
+        claim = m.claim(worker, 60, 3)
+        clock["t"] = t
+        assert m.complete(claim.key, worker, "x.png")
+    t = m.throughput(since=100.0)
+    assert (t["images"], t["workers"], t["steady_images"]) == (10, 2, 8)
+    assert t["steady_images_per_s"] == pytest.approx(4.0)
+    assert t["wall_s"] == pytest.approx(14.0) and t["images_per_s"] == pytest.approx(10 / 14, abs=1e-3)
+    assert m.throughput(since=111.0)["images"] == 8  # images done before a run started are not its own
+    assert m.throughput()["images_per_s"] is None  # no start: no rate with loads, the steady rate still
+    assert m.throughput()["steady_images_per_s"] == pytest.approx(4.0)
+
+
 def test_batch_resumes_without_remaking_done_images(tmp_path, capsys):
     lines = [{"prompt": f"shape {i}", "seed": 100 + i, **TINY} for i in range(10)]
     lines.append({"prompts": ["a", "b"], "seeds": [1], **TINY})  # 12 images in all
@@ -95,7 +121,9 @@ def test_batch_resumes_without_remaking_done_images(tmp_path, capsys):
     assert main(["batch", str(path), "-o", str(out), "--limit", "5", "--devices", "cpu"]) == 1  # interrupted
     first = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
     assert len(first) == 5
+    capsys.readouterr()
     assert main(["batch", str(path), "-o", str(out), "--devices", "cpu"]) == 0
+    assert "throughput: 7 images in" in capsys.readouterr().out  # this run's images, not the first run's
     pngs = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
     assert len(pngs) == 12
     assert all(pngs[name] == mtime for name, mtime in first.items())  # not written again

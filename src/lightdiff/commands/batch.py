@@ -52,6 +52,9 @@ def show_status(args) -> int:
                              "Give the folder a `lightdiff batch JOBS -o OUTDIR` run wrote.")
     manifest = Manifest(path)
     print(manifest.summary())
+    line = throughput_line(manifest.throughput())
+    if line:
+        print(line)
     c = manifest.counts()
     return 0 if c["done"] == sum(c.values()) else 1
 
@@ -74,10 +77,25 @@ def check_args(args) -> None:
         raise InvalidRequest("ray_workers", "--ray-workers is given without --ray.", "Add --ray, or use --devices.")
 
 
+def throughput_line(t: dict) -> str:
+    """How fast the images came: over the whole run (loads included) and in steady state."""
+    if not t["images"]:
+        return ""
+    parts = []
+    if t["images_per_s"] is not None:
+        parts.append(f"{t['images']} images in {t['wall_s']:.1f} s: {t['images_per_s']:.3f} img/s with model loads")
+    if t["steady_images_per_s"] is not None:
+        parts.append(f"steady state {t['steady_images_per_s']:.3f} img/s over {t['workers']} worker(s) "
+                     f"(after each worker's first image)")
+    return "throughput: " + "; ".join(parts) if parts else ""
+
+
 def run(args, on_image=None) -> int:
     if args.status:
         return show_status(args)
     check_args(args)
+    import time
+
     from tqdm import tqdm
 
     from lightdiff.pipeline import jobs as jobfile
@@ -100,6 +118,7 @@ def run(args, on_image=None) -> int:
           f"{todo} to make" + (f", {reset['missing_files']} whose file was missing" if reset["missing_files"] else "")
           + (f" (at most {args.limit} this run)" if args.limit else "") + ".", flush=True)
     engine_kwargs = {"vram_budget_gb": args.vram_budget, "plan": args.plan}
+    started = time.time()
     total = min(todo, args.limit) if args.limit else todo
     with tqdm(total=total, desc="images", unit="img", disable=total == 0) as bar:
         if args.ray is not None:
@@ -113,5 +132,8 @@ def run(args, on_image=None) -> int:
             devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else default_devices()
             run_local(manifest, store, devices, engine_kwargs, args.max_attempts, args.lease, args.limit, bar)
     print(manifest.summary())
+    line = throughput_line(manifest.throughput(since=started))
+    if line:
+        print(line)
     c = manifest.counts()
     return 0 if c["done"] == sum(c.values()) else 1

@@ -45,6 +45,12 @@ def argparse_suppress():
 
 def add_arguments(p):
     add_generation_arguments(p)
+    p.add_argument("--context-parallel", type=int, metavar="N",
+                   help="split ONE image over N GPUs of this host (diffusers context parallelism, qwen-image): "
+                        "lower latency, every GPU holds the whole model; for throughput use "
+                        "`lightdiff batch --devices`")
+    p.add_argument("--cp-mode", choices=["ulysses", "ring"],
+                   help="with --context-parallel: ulysses (all-to-all of heads, default) or ring attention")
 
 
 def request_from_args(args) -> dict:
@@ -117,6 +123,11 @@ def run(args) -> int:
     if args.runs < 1:
         raise InvalidRequest("runs", f"--runs {args.runs} must be at least 1.", "Use --runs 3 to time warm runs.")
     request = request_from_args(args)
+    if getattr(args, "context_parallel", None) is not None:
+        return run_parallel(args, request)
+    if getattr(args, "cp_mode", None):
+        raise InvalidRequest("cp_mode", f"--cp-mode {args.cp_mode} is given without --context-parallel.",
+                             "Add --context-parallel N (N GPUs for one image), or leave --cp-mode out.")
     engine = Engine(device=args.device, vram_budget_gb=args.vram_budget, ram_budget_gb=args.ram_budget,
                     plan=args.plan, fast=args.fast, allow_unsafe_pickle=args.allow_unsafe_pickle or None)
     engine.parse(request)  # validate before loading anything
@@ -135,4 +146,29 @@ def run(args) -> int:
             mem = (f", peak VRAM {t['peak_allocated_gb']:.2f} GiB allocated / {t['peak_reserved_gb']:.2f} GiB reserved"
                    if "peak_allocated_gb" in t else "")
             print(f"run {t['run']}: {t['s']:.3f} s{mem}" + (" (includes warm-up)" if t["run"] == 1 else ""))
+    return 0
+
+
+def run_parallel(args, request: dict) -> int:
+    """--context-parallel N: one request over N GPUs (runtime/parallel.py); rank 0 writes the images."""
+    from lightdiff.runtime import parallel
+
+    def started(launch):
+        print(f"loading {request['model']} on {', '.join(launch.devices())} ({launch.mode}) ...", flush=True)
+
+    out = parallel.generate(request, args.context_parallel, args.cp_mode or "ulysses", device=args.device,
+                            out_dir=args.output_dir, runs=args.runs, plan=args.plan, vram_budget_gb=args.vram_budget,
+                            allow_unsafe_pickle=args.allow_unsafe_pickle or None, on_start=started)
+    for w in out["warnings"]:
+        print(f"warning: {w}")
+    meta, cp = out["metadata"][0], out["context_parallel"]
+    if meta.get("synthetic"):
+        print(f"note: {meta['model']} ran with {meta['weights']} weights (random values): the images are noise.")
+    print(f"{len(out['paths'])} image(s) split over {'+'.join(cp['devices'])} ({cp['mode']}, {cp['split']} split of "
+          f"{cp['tokens']['image']} image tokens; loaded in {out['load_s']:.1f} s):")
+    for p in out["paths"]:
+        print(f"  {p}")
+    for t in out["timings"]:
+        mem = f", peak VRAM {t['peak_allocated_gb']:.2f} GiB allocated on rank 0" if "peak_allocated_gb" in t else ""
+        print(f"run {t['run']}: {t['s']:.3f} s{mem}" + (" (includes warm-up)" if t["run"] == 1 else ""))
     return 0

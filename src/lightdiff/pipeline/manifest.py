@@ -8,6 +8,7 @@ A row is pending -> running (claimed with a lease) -> done | failed. Why nothing
 - done is a conditional UPDATE on (key, worker, status='running'), made only after the file exists:
   a worker that lost its claim cannot mark anything done;
 - on a rerun, a done row whose file is missing goes back to pending (``verify``).
+A done row keeps its worker and completion time, from which ``throughput`` measures images per second.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Manifest:
         with self._tx() as db:
             done = db.execute("SELECT key, output FROM images WHERE status='done'").fetchall()
             gone = [k for k, out in done if not out or not exists(out)]
-            db.executemany("UPDATE images SET status='pending', output=NULL, attempts=0, "
+            db.executemany("UPDATE images SET status='pending', output=NULL, attempts=0, worker=NULL, "
                            "error='its file was missing on rerun' WHERE key=?", [(k,) for k in gone])
             reset["missing_files"] = len(gone)
             if retry_failed:
@@ -130,7 +131,9 @@ class Manifest:
     def complete(self, key: str, worker: str, output: str) -> bool:
         """Mark done (call only once the file exists); False when ``worker`` no longer holds the claim."""
         with self._tx() as db:
-            cur = db.execute("UPDATE images SET status='done', output=?, error=NULL, worker=NULL, lease_until=NULL, "
+            # the worker stays on a done row (every other verb acts on running rows only): throughput()
+            # tells each worker's first image, which carries its model load and warm-up
+            cur = db.execute("UPDATE images SET status='done', output=?, error=NULL, lease_until=NULL, "
                              "updated=? WHERE key=? AND worker=? AND status='running'",
                              (output, time.time(), key, worker))
             return cur.rowcount == 1
@@ -171,6 +174,37 @@ class Manifest:
             return [dict(r) for r in db.execute(sql, (status,) if status else ())]
         finally:
             db.close()
+
+    def throughput(self, since: float | None = None) -> dict:
+        """Images per second from the done rows' completion times (those completed at or after ``since``).
+
+        ``images_per_s``: every image over the time from ``since`` (the run's start: model loads included)
+        to the last completion. ``steady_images_per_s``: for each worker, the images after its first over
+        the time from its first completion to its last (the first image carries the model load, compile
+        and warm-up), summed over the workers that made two or more; what more images would add."""
+        db = self._connect()
+        try:
+            rows = db.execute("SELECT COALESCE(worker, ''), updated FROM images WHERE status='done' AND updated >= ? "
+                              "ORDER BY updated", (since or 0.0,)).fetchall()
+        finally:
+            db.close()
+        out = {"images": len(rows), "workers": 0, "wall_s": None, "images_per_s": None,
+               "steady_images": 0, "steady_images_per_s": None}
+        if not rows:
+            return out
+        if since is not None and rows[-1][1] > since:
+            out["wall_s"] = round(rows[-1][1] - since, 3)
+            out["images_per_s"] = round(len(rows) / out["wall_s"], 4)
+        by_worker: dict[str, list[float]] = {}
+        for worker, t in rows:
+            by_worker.setdefault(worker, []).append(t)
+        out["workers"] = len(by_worker)
+        rates = [(len(ts) - 1, (len(ts) - 1) / (ts[-1] - ts[0])) for ts in by_worker.values()
+                 if len(ts) > 1 and ts[-1] > ts[0]]
+        if rates:
+            out["steady_images"] = sum(n for n, _ in rates)
+            out["steady_images_per_s"] = round(sum(rate for _, rate in rates), 4)
+        return out
 
     def summary(self, show: int = 20) -> str:
         """Counts, then the images not made (up to ``show`` of each status), with line, prompt and why."""
