@@ -96,6 +96,19 @@ def test_seconds_below_the_flop_floor_are_impossible(results, claims):
     assert f"= {floor:.3g} s" in v.arithmetic
 
 
+def test_seconds_only_fp8_matmuls_could_reach_are_judged_against_the_measurement(results, claims):
+    # between the fp8 and the bf16 FLOP floors: not impossible (a 4090D has fp8 tensor cores), but the
+    # arithmetic says what share of the fp8 peak it would take
+    flops = next(r["flops_per_image"] for r in results.rows if r["model"] == QWEN and r.get("width") == 1024
+                 and r.get("flops_per_image"))
+    card = find_card("RTX 4090D")
+    bf16_floor, fp8_floor = flops / (card.bf16_tflops * 1e12), flops / (card.fp8_tflops * 1e12)
+    speed_claim(claims, QWEN, 1024)["sec_per_image"] = round((bf16_floor + fp8_floor) / 2, 2)
+    v = verdict(results, claims, f"{QWEN} 1024x1024 s/image")
+    assert v.verdict in (CONSISTENT, CONTRADICTED)
+    assert "possible only with fp8 matmuls" in v.arithmetic and "of the fp8 peak" in v.arithmetic
+
+
 def test_seconds_are_judged_against_a_card_scaled_range(results, claims):
     c = speed_claim(claims, QWEN, 1024)
     c["sec_per_image"] = 30.0  # above the 4090D floor and inside the H100 run scaled by 989/147
