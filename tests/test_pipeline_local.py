@@ -200,3 +200,16 @@ def test_two_worker_processes_share_the_manifest_and_reclaim_a_dead_workers_imag
     assert len(manifest) == 6 and {r["status"] for r in manifest.values()} == {"done"}
     assert manifest[held.key]["attempts"] == 2  # re-claimed once, made once
     assert sorted(p.stem for p in (out / "images").glob("*.png")) == sorted(manifest)
+
+
+def test_each_gpu_worker_sees_only_its_own_gpu(monkeypatch):
+    """cuda:N workers run with CUDA_VISIBLE_DEVICES=N and device "cuda" (within an already narrowed set too),
+    so nothing in one worker can allocate on another's GPU."""
+    from lightdiff.runtime.device import worker_env
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert worker_env("cuda:1")[0] == "cuda" and worker_env("cuda:1")[1]["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert worker_env("cuda:1")[1]["CUDA_VISIBLE_DEVICES"] == "5"
+    device, env = worker_env("cpu")
+    assert device == "cpu" and env["CUDA_VISIBLE_DEVICES"] == "4,5"

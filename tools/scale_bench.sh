@@ -12,6 +12,7 @@
 #
 #   tools/scale_bench.sh                 rows in $OUT/scale.jsonl (or scale-out/), table in $OUT/scale-table.txt
 #   SCALE_DRY=1 tools/scale_bench.sh     the same steps on the CPU with the tiny twins (a check of the script)
+#   SCALE_COUNT=N                        sd15 images per batch step (default 160)
 #
 # Each step runs under `timeout`, given what is left of SCALE_BUDGET_S (default 500 s, so the whole command
 # stays under 9 minutes with the setup), and writes its row as soon as it ends; a batch cut short still gives
@@ -43,7 +44,7 @@ if [ "${SCALE_DRY:-0}" = 1 ]; then  # CPU: tiny twins, few steps, gloo ranks
   SD=(--model tiny-sd15 --weights twin --size 64 --steps 4); COUNT=16; DEV1=cpu; DEV2=cpu,cpu
   QW=(--model tiny-qwen-image --weights twin --size 64 --steps 4); QDEV=(--device cpu); RING=0
 else
-  SD=(--model sd15 --weights synthetic --size 512 --steps 20); COUNT=160; DEV1=cuda:0; DEV2=cuda:0,cuda:1
+  SD=(--model sd15 --weights synthetic --size 512 --steps 20); COUNT=${SCALE_COUNT:-160}; DEV1=cuda:0; DEV2=cuda:0,cuda:1
   QW=(--model qwen-image-2512 --weights synthetic --size 1024 --steps 20); QDEV=(); RING=1
 fi
 

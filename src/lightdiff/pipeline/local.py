@@ -1,14 +1,17 @@
 """Batch workers on this machine: next image, make it, complete it.
 
 One device runs the worker in this process (no start-up cost, and the progress bar sees each image).
-Several devices (``--devices cuda:0,cuda:1``) get one spawned process each, every one with its own
-Engine (and the planner's budget for its card), all claiming from the same manifest. The parent
+Several devices (``--devices cuda:0,cuda:1``) get one spawned process each, which sees only its own GPU
+(CUDA_VISIBLE_DEVICES: measured 2026-11-26, workers addressed as cuda:N without it made no more images on
+two H100s than on one), every one with its own Engine (and the planner's budget for its card), all claiming from the same manifest. The parent
 draws the progress bar from the manifest and, when a worker process dies, hands its images back at
 once (``Manifest.release``) instead of waiting for the lease to run out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 import traceback
@@ -17,6 +20,7 @@ import uuid
 from lightdiff.errors import InvalidRequest
 from lightdiff.pipeline.manifest import Manifest
 from lightdiff.pipeline.store import Store
+from lightdiff.runtime.device import worker_env
 
 
 def make_image(engine, key: str, request: dict):
@@ -97,6 +101,18 @@ def _process_main(*args, **kwargs):
         raise SystemExit(1)
 
 
+@contextlib.contextmanager
+def _environ(env: dict):
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def default_devices() -> list[str]:
     import torch
 
@@ -122,10 +138,14 @@ def run_local(manifest: Manifest, store: Store, devices: list[str], engine_kwarg
     procs = {}
     for i, device in enumerate(devices):
         worker = f"local-{run_id}-{i}"
+        # each worker sees only its own GPU (as the server's workers do): a spawned child starts with
+        # the parent's environment of the moment, so it is set around start()
+        inner, env = worker_env(device)
         p = ctx.Process(target=_process_main, name=worker, daemon=True,
-                        args=(str(manifest.path), store.location, device, engine_kwargs, worker, max_attempts, lease_s),
+                        args=(str(manifest.path), store.location, inner, engine_kwargs, worker, max_attempts, lease_s),
                         kwargs={"stop": stop})
-        p.start()
+        with _environ(env):
+            p.start()
         procs[worker] = p
     try:
         while procs:

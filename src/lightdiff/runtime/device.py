@@ -7,6 +7,7 @@ embeds, so a figure always travels with its card, driver and library versions.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import socket
 from importlib import metadata
@@ -22,6 +23,22 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def worker_env(device: str) -> tuple[str, dict]:
+    """The device name and environment for a worker process of ``device``: cuda:N runs as the only
+    visible GPU of its process (CUDA_VISIBLE_DEVICES), so nothing in it (compiled CUDA graphs, libraries
+    that assume device 0) can land on another worker's GPU; inside, the device is plain "cuda"."""
+    env = dict(os.environ)
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        visible = env.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            ids = [v.strip() for v in visible.split(",")]
+            index = ids[int(index)] if int(index) < len(ids) else index
+        env["CUDA_VISIBLE_DEVICES"] = index
+        return "cuda", env
+    return device, env
 
 
 def pick_device(name: str | None = None) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lightdiff.errors import LightdiffError
+from lightdiff.runtime.device import worker_env
 from lightdiff.server.config import ServerConfig
 from lightdiff.server.store import Store
 
@@ -62,20 +63,6 @@ def lock_data_dir(data_dir: Path):
     f.write(str(os.getpid()))
     f.flush()
     return f
-
-
-def worker_env(device: str) -> tuple[str, dict]:
-    """cuda:N runs as the only visible GPU of its worker (so libraries that assume device 0 behave)."""
-    env = dict(os.environ)
-    if device.startswith("cuda:"):
-        index = device.split(":", 1)[1]
-        visible = env.get("CUDA_VISIBLE_DEVICES")
-        if visible:
-            ids = [v.strip() for v in visible.split(",")]
-            index = ids[int(index)] if int(index) < len(ids) else index
-        env["CUDA_VISIBLE_DEVICES"] = index
-        return "cuda", env
-    return device, env
 
 
 class Supervisor:
