@@ -204,3 +204,18 @@ def test_demo_modules_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_background_canvas_is_the_whole_canvas_ramp():
+    """The renderer builds gradients from one line (fast); the values are those of the per-pixel formula."""
+    from lightdiff.demo.scenes import _background_array
+
+    side = 96
+    t = np.linspace(0.0, 1.0, side, dtype=np.float32)
+    for kind, ramp in (("plain", np.zeros((side, side, 1), np.float32)),
+                       ("vertical", np.broadcast_to(t[:, None, None], (side, side, 1))),
+                       ("horizontal", np.broadcast_to(t[None, :, None], (side, side, 1)))):
+        colours = ("orange",) if kind == "plain" else ("purple", "cyan")
+        a, b = (np.asarray(PALETTE[c], np.float32) for c in (colours[0], colours[-1]))
+        expected = np.round(a + (b - a) * ramp).astype(np.uint8)
+        assert np.array_equal(_background_array(Background(kind, colours), side), expected), kind

@@ -150,3 +150,107 @@ def test_missing_cuda_is_a_clear_error_before_any_work(tmp_path):
     with pytest.raises(InvalidRequest) as e:
         train.run(train.TrainConfig(out=str(tmp_path / "run")))
     assert "--device cpu" in e.value.hint
+
+
+def _tiny_inputs():
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    components = demo.build_components()
+    scheduler = DDPMScheduler.from_config(dict(demo.spec().components["scheduler"].config))
+    return components, train.noise_tables(scheduler, torch.device("cpu"))
+
+
+def test_compiled_loss_functions_trace_as_one_graph_and_train():
+    """What runs compiled on CUDA traces on the CPU too: one graph each (aot_eager: tracing, no codegen)."""
+    components, tables = _tiny_inputs()
+    cpu = torch.device("cpu")
+    cfg = train.TrainConfig.smoke_preset("unused", compile=True, compile_backend="aot_eager")
+    unet, text, vae = components["unet"], components["text_encoder"], components["vae"]
+    cases = {
+        "vae": (train.vae_loss_fn(vae, cfg, cpu), (torch.rand(2, 3, 32, 32) * 2 - 1,), list(vae.parameters())),
+        "unet": (train.unet_loss_fn(unet, text, tables, cfg, cpu),
+                 (torch.randn(2, 4, 16, 16), torch.randint(3, 80, (2, 32)), torch.tensor([10, 900]),
+                  torch.randn(2, 4, 16, 16)), list(unet.parameters()) + list(text.parameters())),
+    }
+    for name, (fn, args, params) in cases.items():
+        explained = torch._dynamo.explain(fn)(*args)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, (name, explained.break_reasons)
+        stepper = train.Stepper(name, fn, cfg, cpu)
+        loss = stepper(params, *args)[0]
+        assert stepper.info()["compiled"] and torch.isfinite(loss)
+        assert all(p.grad is not None for p in params if p.requires_grad), name
+        for p in params:
+            p.grad = None
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_so(capsys):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    components, tables = _tiny_inputs()
+    cpu = torch.device("cpu")
+    cfg = train.TrainConfig.smoke_preset("unused", compile=True, compile_backend=broken_backend)
+    vae = components["vae"]
+    stepper = train.Stepper("vae", train.vae_loss_fn(vae, cfg, cpu), cfg, cpu)
+    loss, _ = stepper(list(vae.parameters()), torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert torch.isfinite(loss) and vae.decoder.conv_out.weight.grad is not None
+    info = stepper.info()
+    assert info["compiled"] is False and "no compiler here" in info["compile_error"]
+    assert "training on in eager mode" in capsys.readouterr().out
+
+
+def test_decoder_only_vae_loss_leaves_the_encoder_untouched():
+    components, _ = _tiny_inputs()
+    cpu = torch.device("cpu")
+    cfg = train.TrainConfig.smoke_preset("unused")
+    vae = components["vae"]
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    loss, _ = train.vae_loss_fn(vae, cfg, cpu, decoder_only=True)(torch.rand(2, 3, 32, 32) * 2 - 1)
+    loss.backward()
+    assert all(p.grad is None for p in vae.encoder.parameters())
+    assert all(p.grad is not None for p in vae.decoder.parameters())
+
+
+def test_latent_store_encodes_scenes_as_they_arrive_and_samples_only_those():
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from lightdiff.demo.vocab import build_tokenizer
+
+    cfg = train.TrainConfig.smoke_preset("unused", encode_batch=3, bf16=False)
+    ds = SceneDataset(seed=2, length=6, size=32)
+    scenes = [ds.scene_and_caption(i) for i in range(6)]
+    renderer = SimpleNamespace(n=6, ready=0, images=np.stack([np.asarray(ds[i].image) for i in range(6)]),
+                               edges=np.zeros((6, 32, 32), np.uint8), captions=[c for _, c in scenes],
+                               mirrored=[f"mirror {i}" for i in range(6)])
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(demo.VAE_CONFIG).eval()
+    cpu = torch.device("cpu")
+    store = train.LatentStore(cfg, vae, train.DeviceImages(renderer, cpu), build_tokenizer(demo.MAX_TOKENS), cpu)
+    renderer.ready = 4
+    assert store.update() == 4 and store.latents.shape == (12, 4, 8, 8)
+    rows = set(store.sample(2000).tolist())
+    assert rows == {0, 1, 2, 3, 6, 7, 8, 9}  # scenes 0-3 and their mirrors at capacity + i
+    with torch.no_grad():
+        x = train.to_model_input(torch.from_numpy(renderer.images[1:2]))
+        mirror = vae.encode(x.flip(3)).latent_dist.mean
+    assert torch.allclose(store.latents[6 + 1].float(), mirror[0], atol=2e-3)
+    renderer.ready = 6
+    assert store.update() == 6 and store.tokens[5].tolist() != store.tokens[11].tolist()
+    assert set(store.sample(2000).tolist()) == set(range(12))
+
+
+def test_ema_ramps_up_and_copies_the_average_back():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = train.EMA([p], decay=0.9)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.step()  # decay (1 + 1) / (10 + 1)
+    assert torch.allclose(ema.shadow[0], torch.full((3,), 1 - 2 / 11))
+    for _ in range(100):
+        ema.step()
+    ema.copy_to()
+    assert torch.allclose(p.detach(), torch.ones(3), atol=1e-4)

@@ -6,7 +6,8 @@ workflow and memory plan runs it unchanged; only the sizes are small. 128x128 na
 
 - VAE: 3 -> 4 latent channels, downsample factor 4 (128x128 -> 32x32x4), channels 32/64/128, one
   resnet per encoder block, no mid-block attention (the decoder at full resolution dominates the
-  CPU time, and flat shapes need no global attention to be reconstructed). After training the
+  CPU time, and flat shapes need no global attention to be reconstructed), GroupNorm with one group
+  (32 groups of 1-2 channels act as instance norms and cannot carry a flat colour). After training the
   encoder's ``quant_conv`` and the decoder's ``post_quant_conv`` are rescaled so latents have unit
   standard deviation: ``scaling_factor`` is exactly 1.0 and this config stays the shipped one.
 - UNet: channels 64/128/128 at 32/16/8 latent pixels, one resnet per block, self- and
@@ -52,7 +53,12 @@ UNET_CONFIG = {
 VAE_CONFIG = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": RESOLUTION,
     "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "block_out_channels": [32, 64, 128], "layers_per_block": 1, "norm_num_groups": 32,
+    # one GroupNorm group, not 32: with 32 groups of 1-2 channels every norm is an instance norm, which
+    # erases each channel's per-image mean, so flat colours cannot pass through the decoder's last norm
+    # (colour shifts, droplet specks, a frame: docs/demo/diagnosis.md). Parameter count is unchanged.
+    # The weights shipped on 2026-11-26 predate this and keep 32 groups in their own config.json; the
+    # next `lightdiff train-demo` run (from scratch) trains this config.
+    "block_out_channels": [32, 64, 128], "layers_per_block": 1, "norm_num_groups": 1,
     "act_fn": "silu", "scaling_factor": 1.0, "mid_block_add_attention": False,
 }
 

@@ -222,7 +222,12 @@ def lab(rgb: tuple[int, int, int]) -> np.ndarray:
 
 
 def colour_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    return float(np.linalg.norm(lab(tuple(a)) - lab(tuple(b))))
+    return _colour_distance(tuple(int(v) for v in a), tuple(int(v) for v in b))
+
+
+@lru_cache(maxsize=65536)
+def _colour_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    return float(np.linalg.norm(lab(a) - lab(b)))
 
 
 def texture_rgb(colour: str) -> tuple[int, int, int]:
@@ -236,15 +241,6 @@ def outline_rgb(colour: str) -> tuple[int, int, int]:
     return PALETTE["black"] if lab(PALETTE[colour])[0] > 55 else PALETTE["white"]
 
 
-def _detail_colours(obj: SceneObject) -> list[tuple[int, int, int]]:
-    out = []
-    if obj.texture != "plain":
-        out.append(texture_rgb(obj.colour))
-    if obj.outline:
-        out.append(outline_rgb(obj.colour))
-    return out
-
-
 def _gradient_samples(colours: tuple[str, ...], n: int = 9) -> list[tuple[int, int, int]]:
     a, b = (np.asarray(PALETTE[c], np.float64) for c in (colours[0], colours[-1]))
     return [tuple(int(round(v)) for v in a + (b - a) * t) for t in np.linspace(0, 1, n)]
@@ -252,12 +248,24 @@ def _gradient_samples(colours: tuple[str, ...], n: int = 9) -> list[tuple[int, i
 
 def background_contrasts(background: Background, objects: tuple[SceneObject, ...]) -> bool:
     """True when every background colour (all along a gradient) stands off every shape colour."""
-    samples = _gradient_samples(background.colours)
-    for obj in objects:
+    # only colours and surface details matter: cached on them (scene sampling calls this thousands of times)
+    looks = tuple((o.colour, o.texture, o.outline) for o in objects)
+    return _contrasts(background.colours, looks)
+
+
+@lru_cache(maxsize=65536)
+def _contrasts(colours: tuple[str, ...], looks: tuple[tuple[str, str, bool], ...]) -> bool:
+    samples = _gradient_samples(colours)
+    for colour, texture, outline in looks:
+        details = []
+        if texture != "plain":
+            details.append(texture_rgb(colour))
+        if outline:
+            details.append(outline_rgb(colour))
         for bg in samples:
-            if colour_distance(PALETTE[obj.colour], bg) < MIN_CONTRAST:
+            if colour_distance(PALETTE[colour], bg) < MIN_CONTRAST:
                 return False
-            if any(colour_distance(c, bg) < MIN_DETAIL_CONTRAST for c in _detail_colours(obj)):
+            if any(colour_distance(c, bg) < MIN_DETAIL_CONTRAST for c in details):
                 return False
     return True
 
@@ -417,13 +425,15 @@ def _background_array(background: Background, side: int) -> np.ndarray:
     a = np.asarray(PALETTE[background.colours[0]], np.float32)
     b = np.asarray(PALETTE[background.colours[-1]], np.float32)
     t = np.linspace(0.0, 1.0, side, dtype=np.float32)
+    # one row (or column) of the ramp, then broadcast: the same values as the whole-canvas formula, faster
+    line = np.round(a + (b - a) * t[:, None]).astype(np.uint8)  # [side, 3]
     if background.kind == "vertical":
-        ramp = np.broadcast_to(t[:, None, None], (side, side, 1))
+        out = np.broadcast_to(line[:, None, :], (side, side, 3))
     elif background.kind == "horizontal":
-        ramp = np.broadcast_to(t[None, :, None], (side, side, 1))
+        out = np.broadcast_to(line[None, :, :], (side, side, 3))
     else:
-        ramp = np.zeros((side, side, 1), np.float32)
-    return np.round(a + (b - a) * ramp).astype(np.uint8)
+        out = np.broadcast_to(np.round(a).astype(np.uint8), (side, side, 3))
+    return np.ascontiguousarray(out)
 
 
 def _pattern(texture: str, side: int, period: float) -> np.ndarray:

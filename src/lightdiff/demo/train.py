@@ -1,23 +1,30 @@
 """Train lightdiff's demo model (``lightdiff.demo.model``) on procedural scenes, on one GPU in minutes.
 
-    PYTHONUNBUFFERED=1 python -m lightdiff.demo.train --out DIR --minutes 8 --seed 0 --device cuda
+    PYTHONUNBUFFERED=1 python -m lightdiff.demo.train --out DIR --minutes 8.3 --seed 3 --device cuda
     lightdiff train-demo --out DIR --smoke          # CPU, tiny data, a few steps: every code path
 
 Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; eval comes after):
 0. Data: ``--scenes`` training scenes (train split, 50/50 English/Chinese captions) rendered by a
-   process pool while phase 1 runs; each comes with its canny edges and the caption of its mirror
+   process pool while training runs; each comes with its canny edges and the caption of its mirror
    image, so a horizontal flip is a free second sample (left/right words swapped, see
-   ``mirror_scene``). Images stay as one uint8 tensor on the device.
-1. VAE (its share of the budget, ``TrainConfig.split``): L1 + L2 reconstruction on random crops,
-   small KL weight. Then the latents are normalised to unit variance per channel by folding the statistics into the
-   VAE's 1x1 quant convs (exact), and every image and its mirror is encoded once.
+   ``mirror_scene``). Images stay as one uint8 tensor on the device. Training never waits for the
+   whole set: every phase samples from the scenes rendered so far (``LatentStore`` encodes new
+   ones as they arrive).
+1. VAE (its share of the budget, ``TrainConfig.split``): L1 + L2 + edge (image-gradient L1)
+   reconstruction on whole images, borders included, small KL weight. Then the latents are
+   normalised to unit variance per channel by folding the statistics into the VAE's 1x1 quant
+   convs (exact). With ``--init`` the encoder (so the latent space the UNet learned) is kept and a
+   non-zero first share fine-tunes only the decoder; a zero share keeps the VAE as it is.
 2. UNet + text encoder jointly: epsilon prediction on SD1.5's noise schedule, min-SNR-5 weighting,
    10 % empty captions (classifier-free guidance), bf16 autocast, AdamW, EMA of both.
    Saves the complete diffusers folder (fp16 safetensors) in DIR.
 3. Canny ControlNet from the UNet (frozen UNet and text encoder); saved in DIR/controlnet.
 4. Eval: held-out captions (colour x shape pairs never trained on) generated with the saved folder,
-   scored by ``lightdiff.demo.checker``; DIR/eval.json, sample grids, DIR/summary.json.
+   scored by ``lightdiff.demo.checker``; the VAE's round trip of the true renders scored the same
+   way (the ceiling the UNet can reach); DIR/eval.json, sample grids, DIR/summary.json.
 
+On CUDA the VAE and UNet loss functions are compiled (``torch.compile``, static shapes; off with
+``--no-compile``); if compiling fails, the phase goes on in eager mode and says so.
 Every phase ends with a checkpoint on disk, so a run killed later still leaves a usable part.
 Losses go to DIR/losses.jsonl and DIR/losses.png. Importing this module does not import torch.
 """
@@ -48,13 +55,14 @@ class TrainConfig:
     smoke: bool = False
     scenes: int = 100_000
     size: int = 128
-    workers: int = 0  # 0: one per CPU core but one, at most 15
+    workers: int = 0  # 0: one per CPU core but two (the training process needs one), at most 15
     chunk: int = 500  # scenes per render task
-    split: tuple[float, float, float] = (0.2, 0.65, 0.15)  # VAE / UNet+text / ControlNet share of --minutes
-    vae_batch: int = 256
-    vae_crop: int = 64
-    vae_lr: float = 1e-3  # LDM's VAE rule, 4.5e-6 x batch, gives 1.15e-3 at 256
+    split: tuple[float, float, float] = (0.30, 0.62, 0.08)  # VAE / UNet+text / ControlNet share of --minutes
+    vae_batch: int = 32  # whole images
+    vae_crop: int | None = None  # None: whole images, so the VAE learns the image border too
+    vae_lr: float = 8e-4
     vae_warmup: int = 100
+    vae_edge_weight: float = 1.0  # L1 on horizontal and vertical pixel differences: crisp shape edges
     kl_weight: float = 1e-6  # per pixel, as SD's VAE (KL summed, reconstruction summed)
     unet_batch: int = 512
     unet_lr: float = 5e-4
@@ -66,8 +74,9 @@ class TrainConfig:
     cn_warmup: int = 50
     cn_caption_dropout: float = 0.3
     max_steps: int | None = None  # per phase (smoke); None: time alone ends a phase
-    render_wait_s: float = 60.0  # after phase 1, wait at most this long for the rest of the scenes
-    init: str | None = None  # continue from a trained folder: the VAE is kept, UNet/text/ControlNet train on
+    render_wait_s: float = 60.0  # after phase 1, wait at most this long for a first chunk of scenes
+    refresh_every: int = 20  # steps between looks for newly rendered scenes to encode
+    init: str | None = None  # continue from a trained folder: its encoder is kept, the rest trains on
     encode_batch: int = 1024
     eval_n: int = 200
     eval_steps: int = 20
@@ -78,19 +87,24 @@ class TrainConfig:
     fp16: bool = True
     cpu_threads: int | None = None  # torch intra-op threads for this run (None: leave as is)
     bf16: bool | None = None  # bf16 autocast; None: on CUDA only
+    compile: bool | None = None  # torch.compile the VAE and UNet loss functions; None: on CUDA only
+    compile_backend: str = "inductor"  # "aot_eager" traces without generating code (CPU checks)
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
         """CPU, 64x64, tiny data and a few steps per phase: exercises every code path in seconds."""
         base = dict(out=out, minutes=2.0, device="cpu", smoke=True, scenes=48, size=64, workers=2, chunk=16,
-                    vae_batch=8, vae_crop=32, unet_batch=8, cn_batch=4, vae_warmup=2, unet_warmup=2, cn_warmup=2,
-                    max_steps=3,
+                    vae_batch=8, unet_batch=8, cn_batch=4, vae_warmup=2, unet_warmup=2, cn_warmup=2,
+                    max_steps=3, refresh_every=1,
                     render_wait_s=60.0, encode_batch=16, eval_n=4, eval_steps=2, eval_guidance=(5.0,),
                     eval_batch=4, eval_controlnet_n=2, log_every=1,
                     # one thread: tiny ops gain nothing from two, and a busy machine stalls two at every barrier
                     cpu_threads=1, bf16=True)
         base.update(kw)
         return cls(**base)
+
+    def compiling(self, device) -> bool:
+        return self.compile if self.compile is not None else device.type == "cuda"
 
 
 # ---------------------------------------------------------------- data
@@ -136,6 +150,14 @@ def render_chunk(task: tuple) -> tuple:
     return start, images, edges, captions, mirrored
 
 
+def _lower_priority() -> None:
+    """Render workers yield the CPU to the training process and to torch.compile's compile workers."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
 class SceneRenderer:
     """Renders the training scenes in a process pool while training runs; ``ready`` scenes (a
     contiguous prefix) can be used at any time."""
@@ -153,13 +175,13 @@ class SceneRenderer:
         self.error: BaseException | None = None
         self._stop = threading.Event()
         tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s) for a in range(0, n, cfg.chunk)]
-        workers = cfg.workers or max(1, min(15, (os.cpu_count() or 2) - 1))
+        workers = cfg.workers or max(1, min(15, (os.cpu_count() or 3) - 2))
         self.pool = None
         if workers > 1:
             import multiprocessing as mp
 
             # spawn, not fork: the parent initialises CUDA, which a forked child must never inherit
-            self.pool = mp.get_context("spawn").Pool(workers)
+            self.pool = mp.get_context("spawn").Pool(workers, initializer=_lower_priority)
             results = self.pool.imap(render_chunk, tasks)
         else:
             results = map(render_chunk, tasks)
@@ -196,6 +218,15 @@ class SceneRenderer:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def wait_for(self, count: int, timeout_s: float) -> int:
+        """Wait until ``count`` scenes are ready (or rendering ends, or ``timeout_s`` passes)."""
+        deadline = time.perf_counter() + timeout_s
+        while self.ready < min(count, self.n) and not self.done and time.perf_counter() < deadline:
+            self.check()
+            time.sleep(0.05)
+        self.check()
+        return self.ready
 
     def finish(self, wait_s: float) -> int:
         """Wait up to ``wait_s`` for the rest, then stop the pool; returns how many scenes are ready."""
@@ -234,6 +265,57 @@ class DeviceImages:
             self.edges[a:b].copy_(torch.from_numpy(self.renderer.edges[a:b]))
             self.copied = ready
         return self.copied
+
+
+class LatentStore:
+    """VAE latents (posterior means) and caption tokens of every rendered scene and of its mirror,
+    encoded as the scenes arrive, so training starts on the first chunks and never waits for the rest.
+
+    Layout (fixed, so indices stay valid as the store grows): scene i at row i, its mirror at row
+    ``capacity + i``; rows of scenes not rendered yet are never sampled.
+    """
+
+    def __init__(self, cfg: TrainConfig, vae, data: DeviceImages, tokenizer, device):
+        import torch
+
+        self.cfg, self.vae, self.data, self.tokenizer, self.device = cfg, vae, data, tokenizer, device
+        self.capacity = data.renderer.n
+        self.count = 0
+        self.latents = None  # allocated at the first encode, when the latent shape is known
+        self.tokens = torch.empty((2 * self.capacity, tokenizer.model_max_length), dtype=torch.long, device=device)
+        self.seconds = 0.0
+
+    def update(self) -> int:
+        """Encode the scenes rendered since the last call; returns how many scenes the store holds."""
+        import torch
+
+        ready = self.data.sync()
+        if ready <= self.count:
+            return self.count
+        t0 = time.perf_counter()
+        a, n, cap = self.count, ready, self.capacity
+        autocast = bf16_autocast(self.cfg, self.device)
+        with torch.no_grad(), autocast:
+            for flip in (False, True):
+                for i in range(a, n, self.cfg.encode_batch):
+                    x = self.data.images[i:min(n, i + self.cfg.encode_batch)]
+                    z = self.vae.encode(to_model_input(x.flip(2) if flip else x)).latent_dist.mean
+                    if self.latents is None:
+                        self.latents = torch.zeros((2 * cap, *z.shape[1:]), dtype=torch.float16, device=self.device)
+                    self.latents[i + cap * flip:i + cap * flip + len(z)] = z.to(torch.float16)
+        renderer = self.data.renderer
+        self.tokens[a:n] = tokenize(self.tokenizer, renderer.captions[a:n], self.device)
+        self.tokens[cap + a:cap + n] = tokenize(self.tokenizer, renderer.mirrored[a:n], self.device)
+        self.count = n
+        self.seconds += time.perf_counter() - t0
+        return n
+
+    def sample(self, batch: int):
+        """Random rows among the encoded scenes and their mirrors (no host sync)."""
+        import torch
+
+        k = torch.randint(0, 2 * self.count, (batch,), device=self.device)
+        return torch.where(k < self.count, k, k - self.count + self.capacity)
 
 
 # ---------------------------------------------------------------- helpers
@@ -292,6 +374,7 @@ class Phase:
         self.name, self.deadline, self.max_steps = name, deadline, max_steps
         self.t0 = time.perf_counter()
         self.step = 0
+        self.info: dict = {}
 
     @property
     def frac(self) -> float:
@@ -340,16 +423,143 @@ def folder_bytes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*.safetensors"))}
 
 
-# ---------------------------------------------------------------- phase 1: VAE
+class EMA:
+    """Exponential moving average of parameters, one foreach lerp per step (no host sync). The decay
+    ramps up as (1 + n) / (10 + n) to ``decay``, as diffusers' EMAModel does."""
 
-def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer, deadline: float, log: Log, device):
+    def __init__(self, params, decay: float):
+        self.params, self.decay, self.n = list(params), decay, 0
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    def step(self) -> None:
+        import torch
+
+        self.n += 1
+        decay = min(self.decay, (1 + self.n) / (10 + self.n))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    def copy_to(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params], self.shadow)
+
+
+class Stepper:
+    """Runs one training step through the compiled loss function, or the eager one.
+
+    The first step compiles (forward at the call, backward at ``loss.backward()``); if that raises,
+    the phase goes on in eager mode and the failure is printed and recorded, instead of losing the run.
+    """
+
+    def __init__(self, name: str, loss_fn, cfg: TrainConfig, device):
+        import torch
+
+        self.name, self.eager = name, loss_fn
+        self.compiled = cfg.compiling(device)
+        self.fn = torch.compile(loss_fn, backend=cfg.compile_backend, dynamic=False) if self.compiled else loss_fn
+        self.first_step_s: float | None = None
+        self.error: str | None = None
+
+    def __call__(self, params, *args):
+        """loss_fn(*args) -> (loss, extras); backward; returns the same."""
+        if self.first_step_s is not None:
+            out = self.fn(*args)
+            out[0].backward()
+            return out
+        t0 = time.perf_counter()
+        try:
+            out = self.fn(*args)
+            out[0].backward()
+        except Exception as e:  # noqa: BLE001 - compile failures: go on in eager mode, say so
+            if self.fn is self.eager:
+                raise
+            traceback.print_exc()
+            print(f"{self.name}: torch.compile failed ({e!r}); training on in eager mode", flush=True)
+            self.error, self.fn, self.compiled = repr(e), self.eager, False
+            for p in params:
+                p.grad = None
+            out = self.fn(*args)
+            out[0].backward()
+        self.first_step_s = time.perf_counter() - t0
+        print(f"{self.name}: first step (compile={self.compiled}) took {self.first_step_s:.1f}s", flush=True)
+        return out
+
+    def info(self) -> dict:
+        out = {"compiled": self.compiled, "first_step_seconds": round(self.first_step_s or 0.0, 1)}
+        if self.error:
+            out["compile_error"] = self.error
+        return out
+
+
+def noise_tables(noise_scheduler, device, snr_gamma: float = 5.0) -> dict:
+    """Per-timestep tensors on the device: sqrt(alpha_bar), sqrt(1 - alpha_bar) and the min-SNR weight
+    for epsilon prediction (so a step needs no scheduler call and no host sync)."""
     import torch
 
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    autocast = bf16_autocast(cfg, device)
-    phase, acc, acc_n = Phase("vae", deadline, cfg.max_steps), None, 0
-    crop = min(cfg.vae_crop, cfg.size)
+    ab = noise_scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    snr = ab / (1.0 - ab)
+    return {"a": ab.sqrt(), "b": (1.0 - ab).sqrt(), "weight": torch.clamp(snr, max=snr_gamma) / snr}
+
+
+def add_noise(tables: dict, z0, noise, t):
+    import torch
+
+    a, b = tables["a"][t].view(-1, 1, 1, 1), tables["b"][t].view(-1, 1, 1, 1)
+    return (a * z0 + b * noise).contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- phase 1: VAE
+
+def vae_loss_fn(vae, cfg: TrainConfig, device, decoder_only: bool = False):
+    """loss(x) -> (loss, l1): L1 + L2 + edge L1 reconstruction plus a small KL, for x in [-1, 1] NCHW.
+
+    Written against the VAE's parts (encoder, quant convs, decoder) so it compiles as one graph.
+    With ``decoder_only`` the encoder runs without gradients: the latent space stays as it is.
+    """
+    import torch
+
+    enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+
+    def loss_fn(x):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            with torch.set_grad_enabled(not decoder_only):
+                moments = vae.quant_conv(vae.encoder(x))
+            mean, logvar = moments.float().chunk(2, dim=1)
+            logvar = logvar.clamp(-30.0, 20.0)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            rec = vae.decoder(vae.post_quant_conv(z)).float()
+        diff = rec - x
+        l1 = diff.abs().mean()
+        l2 = diff.pow(2).mean()
+        edge = ((diff[:, :, :, 1:] - diff[:, :, :, :-1]).abs().mean()
+                + (diff[:, :, 1:, :] - diff[:, :, :-1, :]).abs().mean())
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
+        loss = l1 + l2 + cfg.vae_edge_weight * edge + (0.0 if decoder_only else cfg.kl_weight) * kl
+        return loss, l1.detach()
+
+    return loss_fn
+
+
+def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer, deadline: float, log: Log, device,
+              decoder_only: bool = False):
+    """Phase 1. Whole images (``vae_crop`` None) by default; random left-right flips."""
+    import random
+
+    import torch
+
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    stepper = Stepper("vae", vae_loss_fn(vae, cfg, device, decoder_only), cfg, device)
+    phase, acc, acc_n, t_log = Phase("vae", deadline, cfg.max_steps), None, 0, time.perf_counter()
+    crop = min(cfg.vae_crop or cfg.size, cfg.size)
+    rng = random.Random(cfg.seed)
     vae.train()
+    lr, l1 = cfg.vae_lr, None
     while phase.running():
         renderer.check()
         available = data.sync()
@@ -361,30 +571,27 @@ def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer
             g["lr"] = lr
         idx = torch.randint(0, available, (cfg.vae_batch,), device=device)
         batch = data.images[idx]
-        if torch.rand(()) < 0.5:
+        if rng.random() < 0.5:  # a Python coin: no host sync
             batch = batch.flip(2)
-        oy, ox = (int(v) for v in torch.randint(0, cfg.size - crop + 1, (2,)))
-        x = to_model_input(batch, crop, (oy, ox))
-        with autocast:
-            posterior = vae.encode(x).latent_dist
-            rec = vae.decode(posterior.sample()).sample.float()
-        l1 = (rec - x).abs().mean()
-        l2 = (rec - x).pow(2).mean()
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = l1 + l2 + cfg.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        oy, ox = rng.randint(0, cfg.size - crop), rng.randint(0, cfg.size - crop)
+        x = to_model_input(batch, crop if crop < cfg.size else None, (oy, ox))
+        loss, l1 = stepper(params, x)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         acc = loss.detach() if acc is None else acc + loss.detach()
         acc_n += 1
         phase.step += 1
         if phase.step % cfg.log_every == 0:
-            log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1.detach()), lr=lr, scenes_ready=available)
-            acc, acc_n = None, 0
+            now = time.perf_counter()
+            log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1), lr=lr, scenes_ready=available,
+                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
+            acc, acc_n, t_log = None, 0, now
     if acc_n:
-        log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1.detach()), lr=lr, scenes_ready=data.copied)
+        log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1), lr=lr, scenes_ready=data.copied)
+    vae.requires_grad_(True)
     vae.eval()
+    phase.info = stepper.info()
     return phase
 
 
@@ -412,25 +619,6 @@ def normalise_latents(vae, images, device, batch: int = 256) -> dict:
     return {"channel_mean": [round(float(v), 5) for v in m], "channel_std": [round(float(v), 5) for v in s]}
 
 
-def encode_all(cfg: TrainConfig, vae, images, device, batch: int):
-    """Posterior means of every image and of its mirror: [2N, C, h, w] fp16 (mirrors second)."""
-    import torch
-
-    n = len(images)
-    out = None
-    autocast = bf16_autocast(cfg, device)
-    with torch.no_grad(), autocast:
-        for flip in (False, True):
-            for i in range(0, n, batch):
-                x = images[i:i + batch]
-                x = to_model_input(x.flip(2) if flip else x)
-                z = vae.encode(x).latent_dist.mean.to(torch.float16)
-                if out is None:
-                    out = torch.empty((2 * n, *z.shape[1:]), dtype=torch.float16, device=device)
-                out[i + n * flip:i + n * flip + len(z)] = z
-    return out
-
-
 # ---------------------------------------------------------------- phase 2: UNet + text encoder
 
 def tokenize(tokenizer, texts: list[str], device):
@@ -439,84 +627,108 @@ def tokenize(tokenizer, texts: list[str], device):
     return ids.to(device)
 
 
-def train_unet(cfg: TrainConfig, unet, text_encoder, latents, tokens, empty_ids, noise_scheduler,
+def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device):
+    """loss(z0, ids, t, noise) -> (loss,): min-SNR-5 weighted epsilon MSE; one graph for torch.compile."""
+    import torch
+
+    enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
+
+    def loss_fn(z0, ids, t, noise):
+        zt = add_noise(tables, z0, noise, t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            context = text_encoder(ids, return_dict=False)[0]
+            pred = unet(zt, t, context, return_dict=False)[0]
+        err = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        return ((err * tables["weight"][t]).mean(),)
+
+    return loss_fn
+
+
+def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_ids, noise_scheduler,
                deadline: float, log: Log, device):
     import torch
-    from diffusers.training_utils import EMAModel, compute_snr
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
+    # foreach AdamW (the CUDA default), not fused: a handful of kernels for 8M parameters, and proven with
+    # the channels_last conv weights in earlier runs
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
-    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
-    autocast = bf16_autocast(cfg, device)
+    ema = EMA(params, cfg.ema_decay)
+    tables = noise_tables(noise_scheduler, device)
+    stepper = Stepper("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device), cfg, device)
     num_t = noise_scheduler.config.num_train_timesteps
-    phase, acc, acc_n = Phase("unet", deadline, cfg.max_steps), None, 0
+    phase, acc, acc_n, t_log = Phase("unet", deadline, cfg.max_steps), None, 0, time.perf_counter()
     unet.train()
     text_encoder.train()
+    lr = cfg.unet_lr
     while phase.running():
+        if phase.step % cfg.refresh_every == 0:
+            store.data.renderer.check()
+            store.update()
         lr = lr_at(cfg.unet_lr, phase.step, phase.frac, cfg.unet_warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, len(latents), (cfg.unet_batch,), device=device)
-        z0 = latents[idx].float()
-        ids = tokens[idx]
+        idx = store.sample(cfg.unet_batch)
+        z0 = store.latents[idx].float()
+        ids = store.tokens[idx]
         drop = torch.rand(len(ids), device=device) < cfg.caption_dropout
         ids = torch.where(drop[:, None], empty_ids[None], ids)
         t = torch.randint(0, num_t, (len(ids),), device=device)
         noise = torch.randn_like(z0)
-        zt = noise_scheduler.add_noise(z0, noise, t).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            context = text_encoder(ids)[0]
-            pred = unet(zt, t, context).sample.float()
-        snr = compute_snr(noise_scheduler, t)
-        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
-        loss = ((pred - noise).pow(2).mean(dim=(1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss,) = stepper(params, z0, ids, t, noise)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema.step(params)
+        opt.zero_grad(set_to_none=True)
+        ema.step()
         acc = loss.detach() if acc is None else acc + loss.detach()
         acc_n += 1
         phase.step += 1
         if phase.step % cfg.log_every == 0:
-            log("unet", phase.step, loss=float(acc) / acc_n, lr=lr)
-            acc, acc_n = None, 0
+            now = time.perf_counter()
+            log("unet", phase.step, loss=float(acc) / acc_n, lr=lr, scenes=store.count,
+                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
+            acc, acc_n, t_log = None, 0, now
     if acc_n:
-        log("unet", phase.step, loss=float(acc) / acc_n, lr=lr)
-    ema.copy_to(params)  # ship the averaged weights
+        log("unet", phase.step, loss=float(acc) / acc_n, lr=lr, scenes=store.count)
+    ema.copy_to()  # ship the averaged weights
     unet.eval()
     text_encoder.eval()
+    phase.info = stepper.info()
     return phase
 
 
 # ---------------------------------------------------------------- phase 3: ControlNet
 
-def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, latents, tokens, empty_ids, edges,
+def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: LatentStore, empty_ids, edges,
                      noise_scheduler, deadline: float, log: Log, device):
+    """Eager on purpose: the phase is short, and compiling it would cost most of it."""
     import torch
 
     for m in (unet, text_encoder):
         m.requires_grad_(False)
     opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.cn_lr, betas=(0.9, 0.99), weight_decay=0.0)
     autocast = bf16_autocast(cfg, device)
-    n = len(edges)
-    phase, acc, acc_n = Phase("controlnet", deadline, cfg.max_steps), None, 0
+    tables = noise_tables(noise_scheduler, device)
+    cap = store.capacity
+    phase, acc, acc_n, t_log = Phase("controlnet", deadline, cfg.max_steps), None, 0, time.perf_counter()
     controlnet.train()
+    lr = cfg.cn_lr
     while phase.running():
+        if phase.step % cfg.refresh_every == 0:
+            store.update()
         lr = lr_at(cfg.cn_lr, phase.step, phase.frac, cfg.cn_warmup)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(0, len(latents), (cfg.cn_batch,), device=device)
-        mirrored = idx >= n
-        edge = edges[idx % n].float().div_(255.0)
+        idx = store.sample(cfg.cn_batch)
+        mirrored = idx >= cap
+        edge = edges[idx % cap].float().div_(255.0)
         edge = torch.where(mirrored[:, None, None], edge.flip(2), edge)
         cond = edge[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
-        z0 = latents[idx].float()
+        z0 = store.latents[idx].float()
         ids = torch.where((torch.rand(len(idx), device=device) < cfg.cn_caption_dropout)[:, None],
-                          empty_ids[None], tokens[idx])
+                          empty_ids[None], store.tokens[idx])
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), device=device)
         noise = torch.randn_like(z0)
-        zt = noise_scheduler.add_noise(z0, noise, t).contiguous(memory_format=torch.channels_last)
+        zt = add_noise(tables, z0, noise, t)
         with autocast:
             with torch.no_grad():
                 context = text_encoder(ids)[0]
@@ -524,16 +736,18 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, latents, 
             pred = unet(zt, t, context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample.float()
         loss = (pred - noise).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
         acc = loss.detach() if acc is None else acc + loss.detach()
         acc_n += 1
         phase.step += 1
         if phase.step % cfg.log_every == 0:
-            log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr)
-            acc, acc_n = None, 0
+            now = time.perf_counter()
+            log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr,
+                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
+            acc, acc_n, t_log = None, 0, now
     if acc_n:
         log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr)
     controlnet.eval()
@@ -571,6 +785,23 @@ def _generate(pipe, prompts, cfg: TrainConfig, guidance: float, seed: int, **ext
     return images
 
 
+def vae_round_trip(vae, images, device, batch: int = 100) -> list:
+    """Encode (posterior mean) and decode PIL images with the pipeline's VAE: what the VAE alone keeps."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = []
+    for a in range(0, len(images), batch):
+        x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images[a:a + batch]]))
+        x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device=device, dtype=vae.dtype)
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        arr = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out.extend(Image.fromarray(a_) for a_ in arr)
+    return out
+
+
 def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
     """Generate from held-out captions with the saved folder and score prompt adherence."""
     import torch
@@ -589,8 +820,14 @@ def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
     samples = [heldout[i] for i in range(cfg.eval_n)]
     captions = [s.caption for s in samples]
     reference = score_many([s.image for s in samples], captions)["percent"]
+    round_trip = vae_round_trip(pipe.vae, [s.image for s in samples], device)
+    rt_scores = {k: round(v, 2) for k, v in score_many(round_trip, captions)["percent"].items()}
+    grid(round_trip[:16]).save(out / "samples_vae_round_trip.png")
+    print("eval VAE round trip of the true renders: " + " ".join(f"{k}={v:.1f}" for k, v in rt_scores.items()),
+          flush=True)
     report: dict = {"n": cfg.eval_n, "steps": cfg.eval_steps, "scheduler": type(pipe.scheduler).__name__,
-                    "size": cfg.size, "bars": BARS, "reference_renders": reference, "heldout": {}}
+                    "size": cfg.size, "bars": BARS, "reference_renders": reference, "vae_round_trip": rt_scores,
+                    "heldout": {}}
     best = None
     for g in cfg.eval_guidance:
         t0 = time.perf_counter()
@@ -720,32 +957,36 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     vae = components["vae"].to(device).to(memory_format=torch.channels_last)
     data = DeviceImages(renderer, device)
 
-    # phase 1: VAE, while the scenes render (a continued run keeps its trained VAE: phase 1 only renders)
-    p1 = train_vae(cfg, vae, data, renderer, time.perf_counter() if cfg.init else deadlines[0], log, device)
+    # phase 1: VAE, while the scenes render. A continued run keeps its encoder (the UNet's latent space):
+    # a non-zero share fine-tunes the decoder alone, a zero share skips the phase.
+    p1 = None
+    if not cfg.init or cfg.split[0] > 0:
+        p1 = train_vae(cfg, vae, data, renderer, deadlines[0], log, device, decoder_only=bool(cfg.init))
     waited = time.perf_counter()
-    n = renderer.finish(cfg.render_wait_s)
-    data.sync()
-    print(f"scenes: {n} of {cfg.scenes} rendered in {renderer.seconds:.1f}s "
-          f"(waited {time.perf_counter() - waited:.1f}s after phase 1)", flush=True)
+    n = renderer.wait_for(cfg.chunk, cfg.render_wait_s)
+    print(f"scenes: {n} of {cfg.scenes} rendered at t={time.perf_counter() - t_start:.1f}s "
+          f"(waited {time.perf_counter() - waited:.1f}s after phase 1); the rest stream in", flush=True)
     if n < 8:
         raise RuntimeError(f"only {n} scenes were rendered; nothing to train on")
-    images, edges = data.images[:n], data.edges[:n]
-    stats = normalise_latents(vae, images[: min(n, 4096)], device)
+    data.sync()
+    stats = None
+    if not cfg.init:  # a new encoder: fold its latent statistics into the quant convs
+        stats = normalise_latents(vae, data.images[: min(data.copied, 4096)], device)
     vae.requires_grad_(False)
     half_copy(vae, cfg.fp16).save_pretrained(out / "vae", safe_serialization=True)
     print(f"saved the VAE at t={time.perf_counter() - t_start:.1f}s", flush=True)
-    summary["phases"]["vae"] = {"steps": p1.step, "seconds": round(p1.seconds(), 1), "final_loss": log.final("vae"),
-                                "latent_stats_before_folding": stats}
-    summary["scenes"] = {"rendered": n, "asked": cfg.scenes, "render_seconds": round(renderer.seconds or 0, 1),
-                         "samples_with_mirrors": 2 * n}
+    summary["phases"]["vae"] = {"steps": p1.step if p1 else 0, "seconds": round(p1.seconds(), 1) if p1 else 0.0,
+                                "final_loss": log.final("vae"), "decoder_only": bool(cfg.init),
+                                "batch": cfg.vae_batch, **(p1.info if p1 else {})}
+    if stats is not None:
+        summary["phases"]["vae"]["latent_stats_before_folding"] = stats
 
-    t_enc = time.perf_counter()
-    latents = encode_all(cfg, vae, images, device, cfg.encode_batch)
     tokenizer = build_tokenizer(demo.MAX_TOKENS)
-    tokens = tokenize(tokenizer, renderer.captions[:n] + renderer.mirrored[:n], device)
+    store = LatentStore(cfg, vae, data, tokenizer, device)
+    store.update()
     empty_ids = tokenize(tokenizer, [""], device)[0]
-    summary["encode_seconds"] = round(time.perf_counter() - t_enc, 1)
-    print(f"encoded {len(latents)} latents {tuple(latents.shape[1:])} in {summary['encode_seconds']}s", flush=True)
+    print(f"encoded {store.count} scenes and their mirrors {tuple(store.latents.shape[1:])} "
+          f"in {store.seconds:.1f}s", flush=True)
 
     # phase 2: UNet + text encoder
     from diffusers import DDPMScheduler
@@ -754,14 +995,14 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     noise_scheduler = DDPMScheduler.from_config(dict(spec_scheduler))
     unet = components["unet"].to(device).to(memory_format=torch.channels_last)
     text_encoder = components["text_encoder"].to(device)
-    p2 = train_unet(cfg, unet, text_encoder, latents, tokens, empty_ids, noise_scheduler, deadlines[1], log, device)
+    p2 = train_unet(cfg, unet, text_encoder, store, empty_ids, noise_scheduler, deadlines[1], log, device)
     final = {"vae": half_copy(vae, cfg.fp16), "unet": half_copy(unet, cfg.fp16),
              "text_encoder": half_copy(text_encoder, cfg.fp16), "tokenizer": tokenizer,
              "scheduler": components["scheduler"]}
     demo.assemble_pipeline(final).save_pretrained(str(out), safe_serialization=True)
     del final
     summary["phases"]["unet"] = {"steps": p2.step, "seconds": round(p2.seconds(), 1), "final_loss": log.final("unet"),
-                                 "batch": cfg.unet_batch}
+                                 "batch": cfg.unet_batch, "scenes_at_end": store.count, **p2.info}
     log.plot(out)
     print(f"saved the pipeline to {out} at t={time.perf_counter() - t_start:.1f}s", flush=True)
 
@@ -769,7 +1010,7 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     try:
         controlnet = components.get("controlnet") or demo.build_controlnet(unet)
         controlnet = controlnet.to(device).to(memory_format=torch.channels_last)
-        p3 = train_controlnet(cfg, controlnet, unet, text_encoder, latents, tokens, empty_ids, edges,
+        p3 = train_controlnet(cfg, controlnet, unet, text_encoder, store, empty_ids, data.edges,
                               noise_scheduler, deadlines[2], log, device)
         half_copy(controlnet, cfg.fp16).save_pretrained(out / "controlnet", safe_serialization=True)
         print(f"saved the ControlNet to {out / 'controlnet'} at t={time.perf_counter() - t_start:.1f}s", flush=True)
@@ -779,11 +1020,14 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     except Exception as e:  # noqa: BLE001 - recorded in summary.json and printed with its traceback
         traceback.print_exc()
         summary["errors"]["controlnet"] = repr(e)
+    renderer.stop()  # the eval needs the CPU cores
+    summary["scenes"] = {"used": store.count, "asked": cfg.scenes, "render_seconds": round(renderer.seconds or 0, 1),
+                         "samples_with_mirrors": 2 * store.count, "encode_seconds": round(store.seconds, 1)}
     log.plot(out)
     summary["train_seconds"] = round(time.perf_counter() - t_start, 1)
 
     # free the training state before eval
-    del latents, tokens, data, images, edges, unet, text_encoder, vae, components
+    del store, data, unet, text_encoder, vae, components
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -796,6 +1040,7 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
         summary["eval"] = {"primary": report["primary"], "passes_bars": report["passes_bars"],
                            "heldout": {g: e["percent"] for g, e in report["heldout"].items()},
                            "train_split": report["train_split"], "controlnet": report.get("controlnet"),
+                           "vae_round_trip": report["vae_round_trip"],
                            "seconds": report["seconds"]}
     except Exception as e:  # noqa: BLE001 - as above: the weights are saved, the summary still gets written
         traceback.print_exc()
@@ -828,8 +1073,11 @@ def _print_summary(s: dict) -> None:
     print("\n=== train-demo summary ===", flush=True)
     for name, p in s["phases"].items():
         loss = p["final_loss"]
-        print(f"{name:>10}: {p['steps']} steps in {p['seconds']}s, final loss {loss:.5f}" if loss is not None
-              else f"{name:>10}: {p['steps']} steps in {p['seconds']}s", flush=True)
+        how = ""
+        if "compiled" in p:
+            how = f" ({'compiled' if p['compiled'] else 'eager'}, first step {p['first_step_seconds']}s)"
+        print(f"{name:>10}: {p['steps']} steps in {p['seconds']}s{how}, final loss {loss:.5f}" if loss is not None
+              else f"{name:>10}: {p['steps']} steps in {p['seconds']}s{how}", flush=True)
     for name, error in s["errors"].items():
         print(f"{name:>10}: FAILED {error}", flush=True)
     e = s.get("eval")
@@ -844,6 +1092,9 @@ def _print_summary(s: dict) -> None:
         t = e["train_split"]
         print(f"  train-split captions: colour+shape {t['colour_shape']:.1f}%, position {t['position']:.1f}%",
               flush=True)
+        v = e["vae_round_trip"]
+        print(f"  VAE round trip of the true renders (the ceiling): colour+shape {v['colour_shape']:.1f}%, "
+              f"position {v['position']:.1f}%, count {v['count']:.1f}%", flush=True)
     for name, size in s["files"].items():
         print(f"  {name}: {size / 1e6:.2f} MB", flush=True)
     print(f"total {s['total_bytes'] / 1e6:.2f} MB; wall {s['wall_seconds']}s (training {s['train_seconds']}s)",
@@ -855,7 +1106,7 @@ def _print_summary(s: dict) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: a diffusers folder plus controlnet/, logs, eval")
     p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget from start to the end of training (default 8; eval adds ~0.5)")
+                   help="wall-clock budget from start to the end of training (default 8; eval and saving add ~0.7)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda (default), cuda:N or cpu")
     p.add_argument("--smoke", action="store_true",
@@ -864,15 +1115,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU cores - 1, max 15)")
     p.add_argument("--unet-batch", type=int, default=None, help="UNet phase batch size (default 512)")
     p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
+    p.add_argument("--vae-batch", type=int, default=None, help="VAE phase batch of whole images (default 32)")
+    p.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder peak learning rate (default 5e-4)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
-    p.add_argument("--init", help="continue from an earlier run's output folder (its VAE is kept as trained)")
-    p.add_argument("--split", help="shares of --minutes for VAE/rendering, UNet+text and ControlNet, e.g. 0.2,0.65,0.15")
+    p.add_argument("--init", help="continue from an earlier run's output folder: its VAE encoder (the latent space) "
+                                  "is kept; a non-zero first --split share fine-tunes the decoder alone")
+    p.add_argument("--split", help="shares of --minutes for VAE, UNet+text and ControlNet (default 0.3,0.62,0.08; "
+                                   "with --init e.g. 0,0.92,0.08)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the VAE and UNet loss functions (default: on CUDA only)")
 
 
 def config_from_args(args) -> TrainConfig:
     chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
-                                 "eval_n": args.eval_n, "init": args.init}.items() if v is not None}
+                                 "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
+                                 "unet_lr": args.unet_lr, "compile": args.compile}.items() if v is not None}
     if args.split:
         chosen["split"] = tuple(float(x) for x in args.split.split(","))
     if args.fp32:
