@@ -361,6 +361,32 @@ class Log:
         plt.close(fig)
 
 
+class LossMeter:
+    """A phase's losses summed on the device (no host sync per step), their mean logged every ``every``
+    steps with steps per second; values given as tensors are read only when a line is logged."""
+
+    def __init__(self, log: "Log", phase: str, every: int):
+        self.log, self.phase, self.every = log, phase, every
+        self.total, self.n, self.t0 = None, 0, time.perf_counter()
+
+    def add(self, step: int, loss, **values) -> None:
+        self.total = loss.detach() if self.total is None else self.total + loss.detach()
+        self.n += 1
+        if step % self.every == 0:
+            now = time.perf_counter()
+            self._write(step, values, steps_per_s=round(self.n / max(1e-6, now - self.t0), 2))
+            self.total, self.n, self.t0 = None, 0, now
+
+    def flush(self, step: int, **values) -> None:
+        """The mean of the steps since the last line (the phase's end)."""
+        if self.n:
+            self._write(step, values)
+
+    def _write(self, step: int, values: dict, **extra) -> None:
+        read = {k: float(v) if hasattr(v, "detach") else v for k, v in values.items()}
+        self.log(self.phase, step, loss=float(self.total) / self.n, **read, **extra)
+
+
 def lr_at(base: float, step: int, frac: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 % over the phase's time box (``frac`` of it spent)."""
     warm = min(1.0, (step + 1) / max(1, warmup))
@@ -555,7 +581,7 @@ def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     stepper = Stepper("vae", vae_loss_fn(vae, cfg, device, decoder_only), cfg, device)
-    phase, acc, acc_n, t_log = Phase("vae", deadline, cfg.max_steps), None, 0, time.perf_counter()
+    phase, meter = Phase("vae", deadline, cfg.max_steps), LossMeter(log, "vae", cfg.log_every)
     crop = min(cfg.vae_crop or cfg.size, cfg.size)
     rng = random.Random(cfg.seed)
     vae.train()
@@ -579,16 +605,9 @@ def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        acc = loss.detach() if acc is None else acc + loss.detach()
-        acc_n += 1
         phase.step += 1
-        if phase.step % cfg.log_every == 0:
-            now = time.perf_counter()
-            log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1), lr=lr, scenes_ready=available,
-                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
-            acc, acc_n, t_log = None, 0, now
-    if acc_n:
-        log("vae", phase.step, loss=float(acc) / acc_n, l1=float(l1), lr=lr, scenes_ready=data.copied)
+        meter.add(phase.step, loss, l1=l1, lr=lr, scenes_ready=available)
+    meter.flush(phase.step, l1=l1, lr=lr, scenes_ready=data.copied)
     vae.requires_grad_(True)
     vae.eval()
     phase.info = stepper.info()
@@ -656,7 +675,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
     tables = noise_tables(noise_scheduler, device)
     stepper = Stepper("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device), cfg, device)
     num_t = noise_scheduler.config.num_train_timesteps
-    phase, acc, acc_n, t_log = Phase("unet", deadline, cfg.max_steps), None, 0, time.perf_counter()
+    phase, meter = Phase("unet", deadline, cfg.max_steps), LossMeter(log, "unet", cfg.log_every)
     unet.train()
     text_encoder.train()
     lr = cfg.unet_lr
@@ -679,16 +698,9 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.step()
-        acc = loss.detach() if acc is None else acc + loss.detach()
-        acc_n += 1
         phase.step += 1
-        if phase.step % cfg.log_every == 0:
-            now = time.perf_counter()
-            log("unet", phase.step, loss=float(acc) / acc_n, lr=lr, scenes=store.count,
-                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
-            acc, acc_n, t_log = None, 0, now
-    if acc_n:
-        log("unet", phase.step, loss=float(acc) / acc_n, lr=lr, scenes=store.count)
+        meter.add(phase.step, loss, lr=lr, scenes=store.count)
+    meter.flush(phase.step, lr=lr, scenes=store.count)
     ema.copy_to()  # ship the averaged weights
     unet.eval()
     text_encoder.eval()
@@ -709,7 +721,7 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: La
     autocast = bf16_autocast(cfg, device)
     tables = noise_tables(noise_scheduler, device)
     cap = store.capacity
-    phase, acc, acc_n, t_log = Phase("controlnet", deadline, cfg.max_steps), None, 0, time.perf_counter()
+    phase, meter = Phase("controlnet", deadline, cfg.max_steps), LossMeter(log, "controlnet", cfg.log_every)
     controlnet.train()
     lr = cfg.cn_lr
     while phase.running():
@@ -740,16 +752,9 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: La
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        acc = loss.detach() if acc is None else acc + loss.detach()
-        acc_n += 1
         phase.step += 1
-        if phase.step % cfg.log_every == 0:
-            now = time.perf_counter()
-            log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr,
-                steps_per_s=round(acc_n / max(1e-6, now - t_log), 2))
-            acc, acc_n, t_log = None, 0, now
-    if acc_n:
-        log("controlnet", phase.step, loss=float(acc) / acc_n, lr=lr)
+        meter.add(phase.step, loss, lr=lr)
+    meter.flush(phase.step, lr=lr)
     controlnet.eval()
     return phase
 
