@@ -320,6 +320,9 @@ class CaseProcess:
         self.startup.update(startup)
         measure.free_memory(device)
         cap_vram(group.vram_budget_gb, device)
+        # peaks count from here: a synthetic build on the GPU before the cap is not what the budget holds
+        # (without this, rows that ran out of memory placing the weights showed the build's 53.8 GB)
+        measure.reset_peak(device)
         t0 = time.perf_counter()
         if planned:
             bench_planner.apply(loaded, choice, device)
