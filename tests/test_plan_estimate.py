@@ -172,3 +172,27 @@ def test_workflows_plan_for_their_own_weights_and_largest_pass():
     at = plans.plan_for(Strategy.RESIDENT, spec, 1024, 1024, 1, 80.0)
     assert at.at(1024, 1024, extra_params_M=1768.0).estimate.peak_vram_gb == pytest.approx(
         at.estimate.peak_vram_gb + 1768.0e6 * 2 / 2**30, abs=0.01)
+
+
+def test_bench_predicts_each_item_under_the_placement_its_process_applied():
+    """A process runs every item of its group under the layout sized for the most demanding one, so each
+    row's prediction re-estimates that placement (as the engine does), not the layout the item alone would get."""
+    import dataclasses
+
+    from lightdiff.bench import planner as bench_planner
+    from lightdiff.bench.cases import Group, Item
+
+    small, large = Item("speed", 512, 512), Item("speed", 1024, 1024)
+    fields = {f.name for f in dataclasses.fields(Group)}
+    group = Group(**{k: v for k, v in dict(model="qwen-image-2512", variant="lightdiff", vram_budget_gb=24.0,
+                                          weights="synthetic", steps=20, items=[small, large],
+                                          plan="fp8-group-offload").items() if k in fields})
+    choice = bench_planner.choose(group, specs.get("qwen-image-2512"), "cpu", {})
+    layout = choice.plan.options["layout"]
+    got = choice.predicted(small)
+    want = choice.plan.at(512, 512, 1, 20).estimate
+    alone = bench_planner.plan_for_item(plans, specs.get("qwen-image-2512"), small, group,
+                                        bench_planner.Hardware(None, None, None), "fp8-group-offload")
+    assert alone.options["layout"] != layout  # 512 alone would stream fewer blocks...
+    assert got["sec_per_image"] == pytest.approx(round(want.sec_per_image, 3))  # ...but ran under 1024's layout
+    assert got["peak_vram_gb"] == pytest.approx(round(want.peak_vram_gb, 2))

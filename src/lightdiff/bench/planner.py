@@ -159,10 +159,13 @@ class PlanChoice:
         return bool(self.plan.strategy.value.load_on_cpu or self.plan.options.get("text_encoder") == "streamed")
 
     def predicted(self, item) -> dict | None:
+        """The prediction for ``item`` under the placement this process applied (sized for the group's most
+        demanding item), as the engine re-estimates a loaded plan: not the layout ``item`` alone would get."""
         if self._mod is None:
             return None
         try:
-            return predicted(plan_for_item(self._mod, self._spec, item, self._group, self._hw, self.name))
+            width, height, extra = memory_of(self._spec, item)
+            return predicted(self.plan.at(width, height, item.batch_size, self._group.steps, extra))
         except Exception as e:  # a prediction must never cost a measurement
             return {"error": f"{type(e).__name__}: {e}"}
 
