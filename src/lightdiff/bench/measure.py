@@ -7,15 +7,9 @@ import statistics
 import threading
 import time
 
+from lightdiff.runtime.device import sync  # noqa: F401  (the benchmark times with it)
+
 GiB = 2**30
-
-
-def sync(device: str) -> None:
-    """Wait for queued GPU work, so the clock reads finished work (no-op on the CPU)."""
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device: str):

@@ -3,8 +3,8 @@
 One device runs the worker in this process (no start-up cost, and the progress bar sees each image).
 Several devices (``--devices cuda:0,cuda:1``) get one spawned process each, which sees only its own GPU
 (CUDA_VISIBLE_DEVICES: measured 2026-11-26, workers addressed as cuda:N without it made no more images on
-two H100s than on one), every one with its own Engine (and the planner's budget for its card), all claiming from the same manifest. The parent
-draws the progress bar from the manifest and, when a worker process dies, hands its images back at
+two H100s than on one), every one with its own Engine (and the planner's budget for its card), all
+claiming from the same manifest. The parent draws the progress bar from the manifest and, when a worker process dies, hands its images back at
 once (``Manifest.release``) instead of waiting for the lease to run out.
 """
 

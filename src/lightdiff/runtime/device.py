@@ -41,6 +41,14 @@ def worker_env(device: str) -> tuple[str, dict]:
     return device, env
 
 
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so the clock reads finished work (no-op on the CPU)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 def pick_device(name: str | None = None) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. Validates explicit names."""
     import torch

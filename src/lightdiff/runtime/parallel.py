@@ -213,13 +213,6 @@ def split(loaded, launch: Launch, r) -> dict:
             "attention": attention, "backend": launch.backend, "devices": launch.devices()}
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
 def _barrier(launch: Launch, rank: int) -> None:
     import torch.distributed as dist
 
@@ -233,7 +226,7 @@ def _rank_work(rank: int, launch: Launch, request: dict, out_dir: str, runs: int
                allow_unsafe_pickle: bool | None) -> dict:
     import torch
 
-    from lightdiff.runtime.device import memory_snapshot
+    from lightdiff.runtime.device import memory_snapshot, sync
     from lightdiff.workflows.base import resolve
     from lightdiff.workflows.engine import Engine
 
@@ -253,7 +246,7 @@ def _rank_work(rank: int, launch: Launch, request: dict, out_dir: str, runs: int
     t0 = time.perf_counter()
     plan, _ = engine.plan_for(request)
     engine.pool.get(req.model, req.weights, plan=plan)
-    _sync(device)
+    sync(device)
     load_s = time.perf_counter() - t0
     result, timings = None, []
     for i in range(runs):
@@ -262,7 +255,7 @@ def _rank_work(rank: int, launch: Launch, request: dict, out_dir: str, runs: int
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         res = engine.run(request)
-        _sync(device)
+        sync(device)
         timings.append({"run": i + 1, "s": round(time.perf_counter() - t0, 3), **memory_snapshot(device)})
         result = result or res
     out = {"rank": rank, "device": device, "load_s": round(load_s, 3), "timings": timings}
