@@ -3,7 +3,7 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
 
     python tools/speed_bench.py sd15 -o rows.jsonl          # eager, compile, graph-loop, batches
     python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
-    python tools/speed_bench.py qwen -o rows.jsonl [--budget 24]
+    python tools/speed_bench.py qwen -o rows.jsonl [--fp8]  # eager, attention backends, CFG batched, compiled
 
 Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
 """
@@ -116,7 +116,7 @@ def sd15(args, out, stamp, warm_only=False):
 def qwen(args, out, stamp):
     import torch
 
-    from lightdiff.runtime import fastpath, loader
+    from lightdiff.runtime import cfg_batch, fastpath, loader
     from lightdiff.workflows.base import generators
 
     fastpath.persist_compile_cache()
@@ -146,12 +146,26 @@ def qwen(args, out, stamp):
         except Exception as e:  # a backend this build lacks is a result, not a crash
             print(f"attention {backend}: {type(e).__name__}: {e}"[:300], flush=True)
     fastpath.apply_attention_backend(pipe, "native")
-    t0 = time.perf_counter()
+    # true CFG: the two forwards of a step as one of batch 2 (runtime/cfg_batch.py), eager
+    hook = cfg_batch.enable(pipe.transformer)
+    torch.cuda.reset_peak_memory_stats()
+    first, secs = timed(call, args.runs)
+    row(out, "qwen-image-2512", "cfg batched (eager)", secs, 1, flops, stamp, width=size,
+        batched_steps=hook.batched_steps, max_abs_diff_vs_eager=float(abs(first - ref).max()))
+    cfg_batch.disable(pipe.transformer)
     pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    torch.cuda.reset_peak_memory_stats()
     first, secs = timed(call, args.runs + 1)
     row(out, "qwen-image-2512", "compile_repeated_blocks", secs[1:], 1, flops, stamp, width=size,
         compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
         max_abs_diff_vs_eager=float(abs(first - ref).max()))
+    cfg_batch.enable(pipe.transformer)
+    torch.cuda.reset_peak_memory_stats()
+    first, secs = timed(call, args.runs + 1)  # the first run recompiles the blocks for batch 2
+    row(out, "qwen-image-2512", "compile_repeated_blocks + cfg batched", secs[1:], 1, flops, stamp, width=size,
+        compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
+        max_abs_diff_vs_eager=float(abs(first - ref).max()))
+    cfg_batch.disable(pipe.transformer)
     if args.fp8:
         # every Linear in fp8 (rows padded to 16, runtime/fp8.py); first eager, then compiled
         import numpy as np

@@ -27,6 +27,9 @@ from lightdiff.runtime.device import GiB, cap_vram, pick_device
 from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
 
+# what the speed path records in a loaded model's plan_info; kept when the plan is re-estimated
+FAST_PATH_INFO = ("compiled", "cfg")
+
 
 def is_oom(error: BaseException) -> bool:
     """A CUDA out-of-memory error (torch.OutOfMemoryError, or a RuntimeError saying so)."""
@@ -62,8 +65,9 @@ class Engine:
         self.plan = plan
         # the speed path (runtime/fastpath.py): "auto" uses it on CUDA: SD1.5's graph-captured Euler loop
         # where it reproduces the plain pipeline (Euler, CFG, resident plan), regional compilation of a
-        # transformer's blocks (resident plan), and lets the planner pick fp8-compute;
-        # "off" never; "eager" runs SD1.5's loop uncompiled on any device (tests check it on the CPU)
+        # transformer's blocks (resident plan), true CFG in one batched forward (Qwen-Image, any plan), and
+        # lets the planner pick fp8-compute; "off" never; "eager" runs SD1.5's loop uncompiled and batches
+        # true CFG on any device (tests check both on the CPU)
         if fast not in ("auto", "off", "eager"):
             from lightdiff.errors import InvalidRequest
 
@@ -158,7 +162,8 @@ class Engine:
 
     def _attach_fast_path(self, loaded) -> None:
         """Once per loaded model: SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or
-        a transformer's repeated blocks compiled (its weights stay where the plan put them)."""
+        a transformer's repeated blocks compiled (its weights stay where the plan put them) and its true
+        CFG batched."""
         if hasattr(loaded, "fast_loop"):
             return
         loaded.fast_loop = None
@@ -171,6 +176,12 @@ class Engine:
             persist_compile_cache()
             den.compile_repeated_blocks(fullgraph=True)
             loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
+        if wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg":
+            # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py): any plan, any device
+            from lightdiff.runtime import cfg_batch
+
+            cfg_batch.enable(den)
+            loaded.plan_info = {**loaded.plan_info, "cfg": "batched"}
         if wanted and loaded.spec.family == "sd15" and loaded.plan == "resident":
             from lightdiff.runtime.fastpath import SD15GraphLoop, persist_compile_cache
 
@@ -195,7 +206,8 @@ class Engine:
                 loaded = self.pool.get(req.model, req.weights, progress=progress, plan=plan)
                 state = loaded.plan_state
                 if state.plan is not plan:  # the loaded placement, re-estimated for this request
-                    state.plan, loaded.plan_info = plan, plan.info()
+                    kept = {k: v for k, v in loaded.plan_info.items() if k in FAST_PATH_INFO}
+                    state.plan, loaded.plan_info = plan, {**plan.info(), **kept}
                 state.stage, state.events = "denoise", []
                 if tiled and not getattr(loaded.pipe.vae, "use_tiling", False):
                     _enable_tiling(loaded)
