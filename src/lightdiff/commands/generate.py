@@ -138,7 +138,10 @@ def run(args) -> int:
     meta = result.metadata[0]
     if meta.get("synthetic"):
         print(f"note: {meta['model']} ran with {meta['weights']} weights (random values): the images are noise.")
-    print(f"{len(paths)} image(s) in {result.timings.get('generate_s', 0):.2f} s on {engine.device}:")
+    info = meta.get("plan_info") or {}
+    speed = [f"{k} {info[k]}" for k in ("compiled", "cfg") if info.get(k)]
+    print(f"{len(paths)} image(s) in {result.timings.get('generate_s', 0):.2f} s on {engine.device}, plan "
+          f"{info.get('strategy', '?')}" + (f" ({', '.join(speed)})" if speed else "") + ":")
     for p in paths:
         print(f"  {p}")
     if args.runs > 1 or engine.device.startswith("cuda"):
