@@ -61,12 +61,12 @@ def child(args) -> None:
             return loaded
         return loader.load(spec, weights_, device=device, dtype=dtype)
 
-    engine = Engine(device=device, vram_budget_gb=args.budget)
+    engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast)
     engine.pool.load_fn = load_once
     for size in sorted(args.sizes, reverse=True):
         row = {"model": args.model, "run_as": model, "weights": weights, "device": device,
                "gpu": torch.cuda.get_device_name(0) if cuda else None, "budget_gb": args.budget, "size": size,
-               "steps": args.steps, "build_s": round(build_s, 2)}
+               "steps": args.steps, "build_s": round(build_s, 2), "fast": args.fast}
         request = {"model": model, "weights": weights, "prompt": PROMPT, "width": size, "height": size,
                    "steps": args.steps, "seed": 7}
         try:
@@ -110,7 +110,8 @@ def parent(args) -> int:
         budgets = args.budgets or BUDGETS[model]
         for budget in budgets:
             cmd = [sys.executable, __file__, "--child", "--model", model, "--budget", str(budget),
-                   "--sizes", *map(str, args.sizes), "--steps", str(args.steps), "--runs", str(args.runs)]
+                   "--sizes", *map(str, args.sizes), "--steps", str(args.steps), "--runs", str(args.runs),
+                   "--fast", args.fast]
             if args.tiny:
                 cmd.append("--tiny")
             t0 = time.perf_counter()
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, default=[512, 768, 1024])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--fast", choices=["auto", "off"], default="auto",
+                   help="the engine's speed path (off: no compile, no batched CFG, no fp8 compute)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)
