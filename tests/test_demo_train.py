@@ -254,3 +254,49 @@ def test_ema_ramps_up_and_copies_the_average_back():
         ema.step()
     ema.copy_to()
     assert torch.allclose(p.detach(), torch.ones(3), atol=1e-4)
+
+
+def test_new_runs_train_v_prediction_at_zero_terminal_snr(smoke_run):
+    """The saved scheduler is the objective the UNet was trained for: v-prediction, zero terminal SNR, and a
+    sampler that starts from pure noise (the last training step leaves no trace of the image)."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    out, _ = smoke_run
+    config = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction" and config["rescale_betas_zero_snr"]
+    tables = train.noise_tables(DDPMScheduler.from_config(config), "cpu")
+    assert tables["v"] and float(tables["a"][-1]) == 0.0 and float(tables["b"][-1]) == 1.0
+    assert torch.all(tables["weight"] == 1.0)  # min-SNR would weight the terminal step by zero
+    euler = EulerDiscreteScheduler.from_config(config)
+    euler.set_timesteps(20)
+    assert int(euler.timesteps[0]) == 999  # trailing spacing: sampling starts where training ends
+
+
+def test_v_target_recovers_the_clean_latent_and_epsilon_runs_keep_min_snr():
+    from diffusers import DDPMScheduler
+
+    z0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    t = torch.tensor([0, 300, 700, 999])
+    v_tables = train.noise_tables(DDPMScheduler.from_config(demo.SCHEDULER_CONFIG), "cpu")
+    zt = train.add_noise(v_tables, z0, noise, t)
+    v = train.target(v_tables, z0, noise, t)
+    a, b = v_tables["a"][t].view(-1, 1, 1, 1), v_tables["b"][t].view(-1, 1, 1, 1)
+    assert torch.allclose(a * zt - b * v, z0, atol=1e-5)  # x0 = sqrt(ab) * x_t - sqrt(1 - ab) * v
+    eps_tables = train.noise_tables(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                  beta_end=0.012), "cpu")
+    assert torch.equal(train.target(eps_tables, z0, noise, t), noise)
+    assert float(eps_tables["weight"][0]) < 0.01 and float(eps_tables["weight"][-1]) == 1.0
+
+
+def test_a_continued_run_keeps_the_objective_of_the_folder_it_starts_from(smoke_run, tmp_path):
+    """--init from weights trained for epsilon (the 2026-11-26 shipped model) must not switch to v."""
+    import shutil
+
+    out, _ = smoke_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    cfg_path = old / "scheduler" / "scheduler_config.json"
+    config = json.loads(cfg_path.read_text())
+    config.update(prediction_type="epsilon", rescale_betas_zero_snr=False, timestep_spacing="linspace")
+    cfg_path.write_text(json.dumps(config))
+    assert train.load_trained(str(old))["scheduler"].config.prediction_type == "epsilon"
