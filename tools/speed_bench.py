@@ -4,6 +4,7 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
     python tools/speed_bench.py sd15 -o rows.jsonl          # eager, compile, graph-loop, batches
     python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
     python tools/speed_bench.py qwen -o rows.jsonl [--fp8]  # eager, attention backends, CFG batched, compiled
+    python tools/speed_bench.py qwen -o rows.jsonl --budget 24  # ... then the 24 GB plan, CFG two-call vs batched
 
 Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
 """
@@ -166,6 +167,9 @@ def qwen(args, out, stamp):
         compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
         max_abs_diff_vs_eager=float(abs(first - ref).max()))
     cfg_batch.disable(pipe.transformer)
+    if args.budget:
+        under_budget(args, out, stamp, lm, call, flops, ref, size)
+        return
     if args.fp8:
         # every Linear in fp8 (rows padded to 16, runtime/fp8.py); first eager, then compiled
         import numpy as np
@@ -192,6 +196,39 @@ def qwen(args, out, stamp):
             rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done)
 
 
+def under_budget(args, out, stamp, lm, call, flops, ref, size):
+    """The same pipeline and embeddings moved to host RAM, the allocator capped at --budget GB, the planner's
+    plan applied (as the engine would), then two calls per step against batched CFG, in this one process."""
+    import torch
+
+    from lightdiff.runtime import cfg_batch
+    from lightdiff.runtime import plan as plans
+    from lightdiff.runtime.device import cap_vram
+
+    pipe = lm.pipe
+    for block in pipe.transformer.transformer_blocks:  # undo compile_repeated_blocks: the plan's hooks go on
+        block._compiled_call_impl = None
+    torch._dynamo.reset()
+    pipe.to("cpu")
+    lm.device = "cpu"
+    torch.cuda.empty_cache()
+    cap_vram(args.budget, "cuda")
+    plan = plans.choose(lm.spec, size, size, 1, args.budget, None, None, 20, device="cuda",
+                        exclude=(plans.Strategy.FP8_COMPUTE,))
+    plan.strategy.apply(lm, "cuda", plan=plan)
+    print(f"under {args.budget} GB: plan {plan.name} {plan.options}", flush=True)
+    for batched in (False, True):
+        hook = cfg_batch.enable(pipe.transformer) if batched else None
+        torch.cuda.reset_peak_memory_stats()
+        first, secs = timed(call, args.runs)
+        row(out, "qwen-image-2512", f"{plan.name} under {args.budget:g} GB" + (" + cfg batched" if batched else ""),
+            secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget, plan=plan.name,
+            predicted=plan.estimate.to_dict(), max_abs_diff_vs_resident_eager=float(abs(first - ref).max()),
+            **({"batched_steps": hook.batched_steps} if hook else {}))
+        if batched:
+            cfg_batch.disable(pipe.transformer)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["sd15", "sd15-warm", "qwen"])
@@ -202,6 +239,8 @@ def main() -> int:
     p.add_argument("--attention", type=lambda s: [b for b in s.split(",") if b],
                    default=["_native_cudnn", "_native_flash"], help="backends to try; '' for none")
     p.add_argument("--fp8", action="store_true")
+    p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
+                                                "planner's plan and measure CFG two-call vs batched")
     args = p.parse_args()
     from lightdiff.runtime.device import env_stamp
 
