@@ -1,8 +1,7 @@
 """lightdiff's demo model: a small SD1.5-family text-to-image model for the procedural shape scenes.
 
 Same classes as Stable Diffusion 1.5 (AutoencoderKL, UNet2DConditionModel with cross-attention,
-CLIPTextModel, EulerDiscreteScheduler with SD1.5's noise schedule rescaled to zero terminal SNR and
-v-prediction, see SCHEDULER_CONFIG), so every SD1.5 pipeline,
+CLIPTextModel, EulerDiscreteScheduler with SD1.5's noise schedule), so every SD1.5 pipeline,
 workflow and memory plan runs it unchanged; only the sizes are small. 128x128 native.
 
 - VAE: 3 -> 4 latent channels, downsample factor 4 (128x128 -> 32x32x4), channels 32/64/128, one
@@ -61,19 +60,6 @@ VAE_CONFIG = {
     # next `lightdiff train-demo` run (from scratch) trains this config.
     "block_out_channels": [32, 64, 128], "layers_per_block": 1, "norm_num_groups": 1,
     "act_fn": "silu", "scaling_factor": 1.0, "mid_block_add_attention": False,
-}
-
-# SD1.5's noise schedule with zero terminal SNR and v-prediction (Lin et al. 2024, "Common Diffusion Noise
-# Schedules and Sample Steps are Flawed"). With SD1.5's own schedule, 0.068 of the clean latent survives at
-# the last training step; the demo's latents carry the background colour and the layout in their lowest
-# frequencies, so the model learned to read them from that leak, and at sampling time, where the start is
-# pure noise, took them from the noise: the 2026-11-26 runs drew the same background for a seed whatever
-# colour the prompt named (docs/demo/attempts/README.md). At zero terminal SNR the first step sees no image
-# at all and must draw the scene from the text. Weights trained before this keep their own scheduler config.
-SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False, "skip_prk_steps": True,
-    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
 }
 
 TEXT_ENCODER_CONFIG = {

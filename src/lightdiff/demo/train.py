@@ -15,8 +15,7 @@ Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; 
    normalised to unit variance per channel by folding the statistics into the VAE's 1x1 quant
    convs (exact). With ``--init`` the encoder (so the latent space the UNet learned) is kept and a
    non-zero first share fine-tunes only the decoder; a zero share keeps the VAE as it is.
-2. UNet + text encoder jointly: v-prediction on SD1.5's noise schedule rescaled to zero terminal SNR
-   (``demo.model.SCHEDULER_CONFIG``; epsilon prediction with min-SNR-5 weights for a scheduler that asks for it),
+2. UNet + text encoder jointly: epsilon prediction on SD1.5's noise schedule, min-SNR-5 weighting,
    10 % empty captions (classifier-free guidance), bf16 autocast, AdamW, EMA of both.
    Saves the complete diffusers folder (fp16 safetensors) in DIR.
 3. Canny ControlNet from the UNet (frozen UNet and text encoder); saved in DIR/controlnet.
@@ -524,20 +523,13 @@ class Stepper:
 
 
 def noise_tables(noise_scheduler, device, snr_gamma: float = 5.0) -> dict:
-    """Per-timestep tensors on the device: sqrt(alpha_bar), sqrt(1 - alpha_bar) and the loss weight (so a
-    step needs no scheduler call and no host sync). Epsilon prediction: min-SNR-gamma weights. v-prediction
-    (the demo's zero-terminal-SNR schedule): plain MSE on v, since min-SNR's min(snr, gamma) / (snr + 1)
-    would give the terminal step, where snr = 0, no weight at all."""
+    """Per-timestep tensors on the device: sqrt(alpha_bar), sqrt(1 - alpha_bar) and the min-SNR weight
+    for epsilon prediction (so a step needs no scheduler call and no host sync)."""
     import torch
 
     ab = noise_scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    v = noise_scheduler.config.prediction_type == "v_prediction"
-    if v:
-        weight = torch.ones_like(ab)
-    else:
-        snr = ab / (1.0 - ab)
-        weight = torch.clamp(snr, max=snr_gamma) / snr
-    return {"a": ab.sqrt(), "b": (1.0 - ab).sqrt(), "weight": weight, "v": v}
+    snr = ab / (1.0 - ab)
+    return {"a": ab.sqrt(), "b": (1.0 - ab).sqrt(), "weight": torch.clamp(snr, max=snr_gamma) / snr}
 
 
 def add_noise(tables: dict, z0, noise, t):
@@ -545,14 +537,6 @@ def add_noise(tables: dict, z0, noise, t):
 
     a, b = tables["a"][t].view(-1, 1, 1, 1), tables["b"][t].view(-1, 1, 1, 1)
     return (a * z0 + b * noise).contiguous(memory_format=torch.channels_last)
-
-
-def target(tables: dict, z0, noise, t):
-    """What the UNet predicts: the noise, or v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * z0."""
-    if not tables["v"]:
-        return noise
-    a, b = tables["a"][t].view(-1, 1, 1, 1), tables["b"][t].view(-1, 1, 1, 1)
-    return a * noise - b * z0
 
 
 # ---------------------------------------------------------------- phase 1: VAE
@@ -666,8 +650,7 @@ def tokenize(tokenizer, texts: list[str], device):
 
 
 def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device):
-    """loss(z0, ids, t, noise) -> (loss,): weighted MSE on v (or epsilon, see noise_tables); one graph for
-    torch.compile."""
+    """loss(z0, ids, t, noise) -> (loss,): min-SNR-5 weighted epsilon MSE; one graph for torch.compile."""
     import torch
 
     enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -677,7 +660,7 @@ def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
             context = text_encoder(ids, return_dict=False)[0]
             pred = unet(zt, t, context, return_dict=False)[0]
-        err = (pred.float() - target(tables, z0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        err = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         return ((err * tables["weight"][t]).mean(),)
 
     return loss_fn
@@ -767,7 +750,7 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: La
             down, mid = controlnet(zt, t, encoder_hidden_states=context, controlnet_cond=cond, return_dict=False)
             pred = unet(zt, t, context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample.float()
-        loss = (pred - target(tables, z0, noise, t)).pow(2).mean()
+        loss = (pred - noise).pow(2).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
         opt.step()
@@ -1016,8 +999,8 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     # phase 2: UNet + text encoder
     from diffusers import DDPMScheduler
 
-    # the training schedule is the shipped scheduler's (the spec's, or the --init folder's)
-    noise_scheduler = DDPMScheduler.from_config(dict(components["scheduler"].config))
+    spec_scheduler = demo.spec().components["scheduler"].config
+    noise_scheduler = DDPMScheduler.from_config(dict(spec_scheduler))
     unet = components["unet"].to(device).to(memory_format=torch.channels_last)
     text_encoder = components["text_encoder"].to(device)
     p2 = train_unet(cfg, unet, text_encoder, store, empty_ids, noise_scheduler, deadlines[1], log, device)
@@ -1091,10 +1074,6 @@ def load_trained(folder: str) -> dict:
            "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)}
     if (root / "controlnet").is_dir():
         out["controlnet"] = ControlNetModel.from_pretrained(root / "controlnet", torch_dtype=torch.float32)
-    if (root / "scheduler").is_dir():  # a continued run keeps the objective its UNet was trained for
-        from diffusers import EulerDiscreteScheduler
-
-        out["scheduler"] = EulerDiscreteScheduler.from_pretrained(root / "scheduler")
     return out
 
 

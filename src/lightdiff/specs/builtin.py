@@ -28,15 +28,14 @@ SD15_PIPELINES = {
 }
 
 
-def _sd15_components(unet: dict, vae: dict, text: dict, params: dict, tokenizer: dict,
-                     scheduler: dict = SD15_SCHEDULER) -> dict:
+def _sd15_components(unet: dict, vae: dict, text: dict, params: dict, tokenizer: dict) -> dict:
     return {
         "unet": ComponentSpec("diffusers", "UNet2DConditionModel", unet, params_M=params.get("unet")),
         "vae": ComponentSpec("diffusers", "AutoencoderKL", vae, params_M=params.get("vae")),
         "text_encoder": ComponentSpec("transformers", "CLIPTextModel", text, "CLIPTextConfig",
                                       params_M=params.get("text_encoder")),
         "tokenizer": ComponentSpec("lightdiff", "StandinTokenizer", tokenizer),
-        "scheduler": ComponentSpec("diffusers", "EulerDiscreteScheduler", scheduler),
+        "scheduler": ComponentSpec("diffusers", "EulerDiscreteScheduler", SD15_SCHEDULER),
     }
 
 
@@ -250,7 +249,7 @@ DEMO = ModelSpec(
                       scheduler="euler", max_prompt_tokens=demo_model.MAX_TOKENS - 2),
     components=_sd15_components(unet=demo_model.UNET_CONFIG, vae=demo_model.VAE_CONFIG,
                                 text=demo_model.TEXT_ENCODER_CONFIG, params=demo_model.PARAMS_M,
-                                tokenizer=demo_model.TOKENIZER_CONFIG, scheduler=demo_model.SCHEDULER_CONFIG),
+                                tokenizer=demo_model.TOKENIZER_CONFIG),
 )
 
 BUILTIN = [SD15, TINY_SD15, QWEN_IMAGE, QWEN_IMAGE_2512, TINY_QWEN_IMAGE, DEMO]
