@@ -254,3 +254,22 @@ def test_ema_ramps_up_and_copies_the_average_back():
         ema.step()
     ema.copy_to()
     assert torch.allclose(p.detach(), torch.ones(3), atol=1e-4)
+
+
+def test_controlnet_only_continued_run_keeps_the_txt2img_weights(smoke_run, tmp_path):
+    """--init DIR --split 0,0,1: the VAE, UNet and text encoder are saved bit-identical, the ControlNet trains."""
+    from safetensors.torch import load_file
+
+    first, _ = smoke_run
+    out = tmp_path / "cn-only"
+    cfg = train.TrainConfig.smoke_preset(str(out), init=str(first), split=(0.0, 0.0, 1.0))
+    summary = train.run(cfg, argv=["--out", str(out), "--smoke", "--init", str(first), "--split", "0,0,1"])
+    assert summary["phases"]["vae"]["steps"] == 0 and summary["phases"]["unet"]["steps"] == 0
+    assert summary["phases"]["controlnet"]["steps"] > 0
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):
+        before, after = load_file(first / name), load_file(out / name)
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name
+    cn_before = load_file(first / "controlnet/diffusion_pytorch_model.safetensors")
+    cn_after = load_file(out / "controlnet/diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(cn_before[k], cn_after[k]) for k in cn_before)

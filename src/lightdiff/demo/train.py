@@ -17,7 +17,8 @@ Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; 
    non-zero first share fine-tunes only the decoder; a zero share keeps the VAE as it is.
 2. UNet + text encoder jointly: epsilon prediction on SD1.5's noise schedule, min-SNR-5 weighting,
    10 % empty captions (classifier-free guidance), bf16 autocast, AdamW, EMA of both.
-   Saves the complete diffusers folder (fp16 safetensors) in DIR.
+   Saves the complete diffusers folder (fp16 safetensors) in DIR. With ``--init`` a zero second share
+   keeps them as they are (``--split 0,0,1`` trains the ControlNet alone).
 3. Canny ControlNet from the UNet (frozen UNet and text encoder); saved in DIR/controlnet.
 4. Eval: held-out captions (colour x shape pairs never trained on) generated with the saved folder,
    scored by ``lightdiff.demo.checker``; the VAE's round trip of the true renders scored the same
@@ -1003,14 +1004,20 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     noise_scheduler = DDPMScheduler.from_config(dict(spec_scheduler))
     unet = components["unet"].to(device).to(memory_format=torch.channels_last)
     text_encoder = components["text_encoder"].to(device)
-    p2 = train_unet(cfg, unet, text_encoder, store, empty_ids, noise_scheduler, deadlines[1], log, device)
+    p2 = None  # a continued run with a zero second share keeps the UNet and text encoder (a ControlNet-only run)
+    if not cfg.init or cfg.split[1] > 0:
+        p2 = train_unet(cfg, unet, text_encoder, store, empty_ids, noise_scheduler, deadlines[1], log, device)
+    else:
+        for m in (unet, text_encoder):
+            m.eval()
     final = {"vae": half_copy(vae, cfg.fp16), "unet": half_copy(unet, cfg.fp16),
              "text_encoder": half_copy(text_encoder, cfg.fp16), "tokenizer": tokenizer,
              "scheduler": components["scheduler"]}
     demo.assemble_pipeline(final).save_pretrained(str(out), safe_serialization=True)
     del final
-    summary["phases"]["unet"] = {"steps": p2.step, "seconds": round(p2.seconds(), 1), "final_loss": log.final("unet"),
-                                 "batch": cfg.unet_batch, "scenes_at_end": store.count, **p2.info}
+    summary["phases"]["unet"] = {"steps": p2.step if p2 else 0, "seconds": round(p2.seconds(), 1) if p2 else 0.0,
+                                 "final_loss": log.final("unet"), "batch": cfg.unet_batch,
+                                 "scenes_at_end": store.count, **(p2.info if p2 else {})}
     log.plot(out)
     print(f"saved the pipeline to {out} at t={time.perf_counter() - t_start:.1f}s", flush=True)
 
