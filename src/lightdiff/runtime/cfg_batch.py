@@ -17,7 +17,11 @@ Both calls of a step use the same ``timestep / 1000`` in every Qwen-Image pipeli
 that rather than compare the values, which would synchronise with the GPU every step.
 
 The cost is batch-2 activations during denoising (about 0.4 GiB more at 1024x1024 for Qwen-Image) and a
-masked attention kernel where the prompts differ in length.
+masked attention kernel where the prompts differ in length. Measured on an H200 (2026-11-27, synthetic
+qwen-image-2512, 1024, 20 steps, docs/benchmarks/2026-11-27-h200/speed-qwen-cfg.jsonl) it pays only where
+weights stream: fp8-group-offload under 24 GB 10.99 -> 10.06 s; resident it was slower (eager 7.08 -> 8.00 s,
+compiled 5.50 -> 6.44 s: at 4,096 image tokens the two forwards already fill the card, and the padded text
+needs the masked kernel). So the engine enables it only for plans that stream the denoiser every step.
 """
 
 from __future__ import annotations

@@ -50,6 +50,18 @@ def memory_request(wf, req):
     return r, extra
 
 
+def _streams_denoiser_each_step(loaded) -> bool:
+    """Does the loaded plan move denoiser weights onto the device inside every step (blocks or layers
+    streamed from host RAM)? A group offload whose layout keeps every block resident does not."""
+    if loaded.plan == "sequential-offload":
+        return True
+    if loaded.plan not in ("group-offload", "fp8-group-offload"):
+        return False
+    plan = getattr(loaded.plan_state, "plan", None)
+    layout = plan.options.get("layout") if plan is not None else None
+    return not isinstance(layout, dict) or layout.get("streamed", 0) > 0
+
+
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
@@ -162,8 +174,8 @@ class Engine:
 
     def _attach_fast_path(self, loaded) -> None:
         """Once per loaded model: SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or
-        a transformer's repeated blocks compiled (its weights stay where the plan put them) and its true
-        CFG batched."""
+        a transformer's repeated blocks compiled (its weights stay where the plan put them) and, where
+        the plan streams its weights every step, its true CFG batched."""
         if hasattr(loaded, "fast_loop"):
             return
         loaded.fast_loop = None
@@ -176,8 +188,12 @@ class Engine:
             persist_compile_cache()
             den.compile_repeated_blocks(fullgraph=True)
             loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
-        if wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg":
-            # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py): any plan, any device
+        if (wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg"
+                and _streams_denoiser_each_step(loaded)):
+            # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py), so the streamed
+            # weights cross PCIe once per step, not twice. Only there: on an H200 (2026-11-27, qwen-image-2512
+            # 1024) batching made resident runs slower (7.08 -> 8.00 s eager, 5.50 -> 6.44 s compiled; padded,
+            # masked text) and fp8-group-offload under 24 GB faster (10.99 -> 10.06 s)
             from lightdiff.runtime import cfg_batch
 
             cfg_batch.enable(den)
