@@ -105,3 +105,16 @@ def test_nan_at_decode_is_retried_in_float32_then_is_bad_output(monkeypatch):
             engine.run(REQ)
     assert "NaN" in e.value.message and "float32" in e.value.message
     assert len(engine.run(REQ).images) == 1  # and the engine still works
+
+
+def test_tiling_from_one_request_does_not_outlive_it(monkeypatch, clean):
+    """The next request decodes as its own plan says (whole images here), so its predicted peak holds."""
+    engine = Engine(device="cpu")
+    faults = Faults(monkeypatch, AutoencoderKL, 1, oom, method="decode")
+    first = engine.run({**REQ, "batch_size": 4})
+    assert first.metadata[0]["fallbacks"][0] == "vae-tiling" and faults.calls >= 2
+    vae = engine.pool.loaded()[0].pipe.vae
+    again = engine.run({**REQ, "batch_size": 4})
+    assert again.metadata[0]["fallbacks"] == [] and not vae.use_tiling
+    assert again.metadata[0]["plan_info"]["predicted"]["options"]["vae_tiling"] is False
+    assert np.array_equal(_pixels(again), clean)

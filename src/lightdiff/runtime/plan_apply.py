@@ -171,6 +171,13 @@ def enable_vae_tiling(loaded) -> None:
     loaded.plan_info = {**loaded.plan_info, "vae_tiling": True}
 
 
+def disable_vae_tiling(loaded) -> None:
+    """Whole-image decode again, for a request whose plan does not tile (an earlier, larger one did)."""
+    loaded.pipe.vae.disable_tiling()
+    loaded.pipe.vae.disable_slicing()
+    loaded.plan_info = {**loaded.plan_info, "vae_tiling": False}
+
+
 def _finish(loaded, device: str, plan) -> None:
     state = PlanState(loaded, device, plan)
     state.attach(loaded.pipe)

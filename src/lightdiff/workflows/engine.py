@@ -225,8 +225,8 @@ class Engine:
                     kept = {k: v for k, v in loaded.plan_info.items() if k in FAST_PATH_INFO}
                     state.plan, loaded.plan_info = plan, {**plan.info(), **kept}
                 state.stage, state.events = "denoise", []
-                if tiled and not getattr(loaded.pipe.vae, "use_tiling", False):
-                    _enable_tiling(loaded)
+                if tiled != bool(getattr(loaded.pipe.vae, "use_tiling", False)):
+                    _set_tiling(loaded, tiled)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
                 self._attach_fast_path(loaded)
                 result = wf.run(loaded, sub, progress=progress, cancel=cancel)
@@ -312,10 +312,10 @@ class Engine:
         return paths
 
 
-def _enable_tiling(loaded) -> None:
-    from lightdiff.runtime.plan_apply import enable_vae_tiling
+def _set_tiling(loaded, on: bool) -> None:
+    from lightdiff.runtime.plan_apply import disable_vae_tiling, enable_vae_tiling
 
-    enable_vae_tiling(loaded)
+    (enable_vae_tiling if on else disable_vae_tiling)(loaded)
 
 
 def _release(loaded, device: str) -> None:
