@@ -81,3 +81,19 @@ def test_boundary_search_finds_the_largest_fit_with_few_probes():
     sizes = list(range(64, 2049, 8))
     assert largest_fitting(sizes, sizes.index(1024), fits_up_to(712)) == 712  # searches down from the start
     assert largest_fitting(sizes, sizes.index(512), fits_up_to(1536)) == 1536
+
+
+def test_the_speed_path_is_measured_only_when_asked_and_each_row_says_what_ran(tmp_path):
+    """--fast eager puts the engine's speed path on the benchmarked model (here: Qwen's true CFG batched under a
+    streaming plan); the default leaves the memory plan alone, and each lightdiff row records which it was."""
+    rows = {}
+    for fast in ("off", "eager"):
+        out = tmp_path / f"{fast}.jsonl"
+        args = ["bench", "--models", "tiny-qwen-image", "--sizes", "64", "--steps", "2", "--runs", "1",
+                "--weights", "twin", "--plan", "group-offload", "--device", "cpu", "--no-flops", "-o", str(out)]
+        assert main(args + ([] if fast == "off" else ["--fast", fast])) == 0
+        (row,) = read_jsonl(out)
+        assert row["status"] == "ok" and row["plan"] == "group-offload"
+        rows[fast] = row["fast"]
+    assert rows["off"] == {"mode": "off"}
+    assert rows["eager"] == {"mode": "eager", "cfg": "batched"}

@@ -147,6 +147,19 @@ def free_cuda() -> None:
     free_memory("cuda")
 
 
+def _speed_path_parts(loaded) -> dict:
+    """What of the speed path the loaded model runs with (empty when it is off or nothing applied)."""
+    from lightdiff.workflows.engine import FAST_PATH_INFO
+
+    if loaded is None:
+        return {}
+    parts = {k: loaded.plan_info[k] for k in FAST_PATH_INFO if k in (loaded.plan_info or {})}
+    loop = getattr(loaded, "fast_loop", None)
+    if loop is not None:
+        parts["sd15_loop"] = "graphed" if loop.graphed else "eager"
+    return parts
+
+
 # --- calls --------------------------------------------------------------------------------------
 
 class Call:
@@ -332,6 +345,10 @@ class CaseProcess:
         measure.sync(device)
         self.startup["to_device_s"] = time.perf_counter() - t0
         loaded.plan = choice.name if group.variant == "lightdiff" else "resident"
+        if group.variant == "lightdiff" and group.fast != "off":
+            from lightdiff.workflows.engine import attach_fast_path
+
+            attach_fast_path(loaded, group.fast)
         return loaded
 
     def _row(self, item: Item) -> dict:
@@ -340,6 +357,8 @@ class CaseProcess:
         row = base_row(self.group, item, self.env, family=self.spec.family, guidance=guidance, plan=plan)
         if self.group.variant == "lightdiff" and self.plan_choice.info:
             row["plan_info"] = self.plan_choice.info
+        if self.group.variant == "lightdiff":
+            row["fast"] = {"mode": self.group.fast, **_speed_path_parts(getattr(self, "loaded", None))}
         return row
 
     def run_item(self, item: Item) -> dict:

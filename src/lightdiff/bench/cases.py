@@ -78,6 +78,7 @@ class Group:
     boundary_steps: int = 2
     disk_read_gbps: float | None = None  # measured once by the parent
     inject: dict | None = None  # test-only, process level (e.g. {"sleep_s": 30} before the imports)
+    fast: str = "off"  # lightdiff's speed path (engine.attach_fast_path): off, eager or auto; baseline ignores it
 
     def label(self) -> str:
         budget = f"{self.vram_budget_gb:g}GB" if self.vram_budget_gb else "whole card"
@@ -117,6 +118,7 @@ class Grid:
     plan: str | None = None
     guidance: float | None = None
     prompt: str = DEFAULT_PROMPT
+    fast: str = "off"
 
 
 def parse_batch_test(text: str) -> tuple[int, int]:
@@ -206,7 +208,8 @@ def build_groups(grid: Grid) -> list[Group]:
                 mine = [it for it in items if variant == "lightdiff" or it.kind != "workflow"]
                 group = Group(model=model, variant=variant, weights=grid.weights, items=mine,
                               device=grid.device, vram_budget_gb=budget, steps=grid.steps, guidance=grid.guidance,
-                              runs=grid.runs, prompt=grid.prompt, plan=grid.plan if variant == "lightdiff" else None)
+                              runs=grid.runs, prompt=grid.prompt, plan=grid.plan if variant == "lightdiff" else None,
+                              fast=grid.fast if variant == "lightdiff" else "off")
                 if grid.isolate:
                     groups.extend(group.with_items([it]) for it in mine)
                 else:

@@ -40,6 +40,10 @@ def add_arguments(p):
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a case may go without a result")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--plan", default=None, help="force a memory plan for the lightdiff variant (default: planner)")
+    p.add_argument("--fast", choices=["off", "eager", "auto"], default="off",
+                   help="lightdiff's speed path, as the engine applies it (auto: compiled and CUDA graphs on CUDA; "
+                        "compile time lands in first_s). Off by default: the checked-in rows measure the memory "
+                        "plan alone, and the speed path is measured by tools/speed_bench.py")
     p.add_argument("--isolate", action="store_true",
                    help="one fresh process per case (default: one per model, variant and budget; the first case "
                         "of each process carries the cold start)")
@@ -64,7 +68,7 @@ def grid_from_args(args):
         boundary=args.boundary, workflows=[w.strip() for w in args.workflows.split(",") if w.strip()],
         full_batch_grid=args.full_batch_grid, isolate=args.isolate,
         plan=None if args.plan in (None, "auto") else args.plan, guidance=args.guidance,
-        prompt=args.prompt or DEFAULT_PROMPT,
+        prompt=args.prompt or DEFAULT_PROMPT, fast=args.fast,
     )
 
 

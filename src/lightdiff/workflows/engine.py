@@ -50,6 +50,41 @@ def memory_request(wf, req):
     return r, extra
 
 
+def attach_fast_path(loaded, fast: str) -> None:
+    """Once per loaded model, the speed path that ``fast`` asks for (auto: on CUDA; eager: without compiling;
+    off): SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or a transformer's repeated
+    blocks compiled (its weights stay where the plan put them) and, where the plan streams its weights every
+    step, its true CFG batched. The engine and the benchmark share it."""
+    if hasattr(loaded, "fast_loop"):
+        return
+    loaded.fast_loop = None
+    wanted = fast == "eager" or (fast == "auto" and str(loaded.device).startswith("cuda"))
+    den = getattr(loaded.pipe, "transformer", None)
+    if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
+            and loaded.plan == "resident"):  # fp8-compute compiled: not yet measured
+        from lightdiff.runtime.fastpath import persist_compile_cache
+
+        persist_compile_cache()
+        den.compile_repeated_blocks(fullgraph=True)
+        loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
+    if (wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg"
+            and _streams_denoiser_each_step(loaded)):
+        # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py), so the streamed
+        # weights cross PCIe once per step, not twice. Only there: on an H200 (2026-11-27, qwen-image-2512
+        # 1024) batching made resident runs slower (7.08 -> 8.00 s eager, 5.50 -> 6.44 s compiled; padded,
+        # masked text) and fp8-group-offload under 24 GB faster (10.99 -> 10.06 s)
+        from lightdiff.runtime import cfg_batch
+
+        cfg_batch.enable(den)
+        loaded.plan_info = {**loaded.plan_info, "cfg": "batched"}
+    if wanted and loaded.spec.family == "sd15" and loaded.plan == "resident":
+        from lightdiff.runtime.fastpath import SD15GraphLoop, persist_compile_cache
+
+        if fast == "auto":
+            persist_compile_cache()
+        loaded.fast_loop = SD15GraphLoop(loaded.pipe, compiled=fast == "auto")
+
+
 def _streams_denoiser_each_step(loaded) -> bool:
     """Does the loaded plan move denoiser weights onto the device inside every step (blocks or layers
     streamed from host RAM)? A group offload whose layout keeps every block resident does not."""
@@ -173,37 +208,7 @@ class Engine:
         return (plans.Strategy.FP8_COMPUTE,) if self.fast == "off" else ()
 
     def _attach_fast_path(self, loaded) -> None:
-        """Once per loaded model: SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or
-        a transformer's repeated blocks compiled (its weights stay where the plan put them) and, where
-        the plan streams its weights every step, its true CFG batched."""
-        if hasattr(loaded, "fast_loop"):
-            return
-        loaded.fast_loop = None
-        wanted = self.fast == "eager" or (self.fast == "auto" and str(loaded.device).startswith("cuda"))
-        den = getattr(loaded.pipe, "transformer", None)
-        if (self.fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
-                and loaded.plan == "resident"):  # fp8-compute compiled: not yet measured
-            from lightdiff.runtime.fastpath import persist_compile_cache
-
-            persist_compile_cache()
-            den.compile_repeated_blocks(fullgraph=True)
-            loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
-        if (wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg"
-                and _streams_denoiser_each_step(loaded)):
-            # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py), so the streamed
-            # weights cross PCIe once per step, not twice. Only there: on an H200 (2026-11-27, qwen-image-2512
-            # 1024) batching made resident runs slower (7.08 -> 8.00 s eager, 5.50 -> 6.44 s compiled; padded,
-            # masked text) and fp8-group-offload under 24 GB faster (10.99 -> 10.06 s)
-            from lightdiff.runtime import cfg_batch
-
-            cfg_batch.enable(den)
-            loaded.plan_info = {**loaded.plan_info, "cfg": "batched"}
-        if wanted and loaded.spec.family == "sd15" and loaded.plan == "resident":
-            from lightdiff.runtime.fastpath import SD15GraphLoop, persist_compile_cache
-
-            if self.fast == "auto":
-                persist_compile_cache()
-            loaded.fast_loop = SD15GraphLoop(loaded.pipe, compiled=self.fast == "auto")
+        attach_fast_path(loaded, self.fast)
 
     # --- the OOM back-off ----------------------------------------------------------------------
 
