@@ -273,3 +273,26 @@ def test_controlnet_only_continued_run_keeps_the_txt2img_weights(smoke_run, tmp_
     cn_before = load_file(first / "controlnet/diffusion_pytorch_model.safetensors")
     cn_after = load_file(out / "controlnet/diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(cn_before[k], cn_after[k]) for k in cn_before)
+
+
+@pytest.mark.parametrize("split, init, wrong", [("0,0", False, "three non-negative"), ("a,b,c", False, "three"),
+                                                 ("0.3,-1,0.1", False, "non-negative"), ("0,0,0", True, "positive sum"),
+                                                 ("0,1,0", False, "no VAE or no UNet")])
+def test_bad_split_is_refused_before_any_work(split, init, wrong, tmp_path, capsys):
+    from lightdiff.cli import main
+
+    args = ["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--split", split]
+    if init:
+        from lightdiff.runtime.loader import demo_weights_dir
+
+        args += ["--init", str(demo_weights_dir())]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert repr(split) in err and wrong in err and not (tmp_path / "out").exists()
+
+
+def test_init_that_is_not_a_trained_folder_is_refused(tmp_path, capsys):
+    from lightdiff.cli import main
+
+    assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--init", str(tmp_path)]) == 2
+    assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -1142,13 +1142,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "10-minute run than it saves)")
 
 
+def parse_split(text: str, continued: bool) -> tuple[float, float, float]:
+    """'0.3,0.62,0.08' -> shares of the budget for VAE, UNet+text, ControlNet. A new model needs a VAE and a
+    UNet share; a continued run (--init) may skip either (0,0,1 trains the ControlNet alone)."""
+    from lightdiff.errors import InvalidRequest
+
+    try:
+        shares = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or any(not v >= 0 for v in shares) or sum(shares) <= 0:
+        raise InvalidRequest("split", f"--split {text!r} is not three non-negative shares with a positive sum.",
+                             "Write it like 0.3,0.62,0.08 (VAE, UNet + text encoder, ControlNet).")
+    if not continued and (shares[0] == 0 or shares[1] == 0):
+        raise InvalidRequest("split", f"--split {text!r} gives a new model no VAE or no UNet time.",
+                             "Give both a share, or continue an earlier run with --init DIR.")
+    return shares
+
+
 def config_from_args(args) -> TrainConfig:
     chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile}.items() if v is not None}
+    if args.init and not all((Path(args.init) / part / "config.json").is_file()
+                             for part in ("vae", "unet", "text_encoder")):
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("init", f"--init {args.init!r} is not a folder written by train-demo "
+                                     "(it needs vae/, unet/ and text_encoder/ with their config.json).",
+                             "Point it at an earlier run's --out folder, e.g. src/lightdiff/data/demo.")
     if args.split:
-        chosen["split"] = tuple(float(x) for x in args.split.split(","))
+        chosen["split"] = parse_split(args.split, bool(args.init))
     if args.fp32:
         chosen["fp16"] = False
     if args.smoke:
@@ -1162,7 +1187,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     given = argv if argv is not None else sys.argv[1:]
-    summary = run(config_from_args(args), argv=["-m", "lightdiff.demo.train", *given])
+    from lightdiff.errors import LightdiffError
+
+    try:
+        cfg = config_from_args(args)
+    except LightdiffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = run(cfg, argv=["-m", "lightdiff.demo.train", *given])
     return 1 if summary["errors"] else 0
 
 
