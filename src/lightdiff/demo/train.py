@@ -1007,9 +1007,6 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     p2 = None  # a continued run with a zero second share keeps the UNet and text encoder (a ControlNet-only run)
     if not cfg.init or cfg.split[1] > 0:
         p2 = train_unet(cfg, unet, text_encoder, store, empty_ids, noise_scheduler, deadlines[1], log, device)
-    else:
-        for m in (unet, text_encoder):
-            m.eval()
     final = {"vae": half_copy(vae, cfg.fp16), "unet": half_copy(unet, cfg.fp16),
              "text_encoder": half_copy(text_encoder, cfg.fp16), "tokenizer": tokenizer,
              "scheduler": components["scheduler"]}

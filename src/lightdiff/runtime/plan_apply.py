@@ -164,18 +164,17 @@ def _vae_modifiers(pipe, options: dict) -> None:
         pipe.vae.enable_slicing()
 
 
-def enable_vae_tiling(loaded) -> None:
-    """The OOM back-off's cheap step: decode in tiles, one image at a time."""
-    loaded.pipe.vae.enable_tiling()
-    loaded.pipe.vae.enable_slicing()
-    loaded.plan_info = {**loaded.plan_info, "vae_tiling": True}
-
-
-def disable_vae_tiling(loaded) -> None:
-    """Whole-image decode again, for a request whose plan does not tile (an earlier, larger one did)."""
-    loaded.pipe.vae.disable_tiling()
-    loaded.pipe.vae.disable_slicing()
-    loaded.plan_info = {**loaded.plan_info, "vae_tiling": False}
+def set_vae_tiling(loaded, on: bool) -> None:
+    """Decode in tiles, one image at a time (a request's plan, or the OOM back-off's cheap step), or whole
+    images again for a request whose plan does not tile after an earlier, larger one did."""
+    vae = loaded.pipe.vae
+    if on:
+        vae.enable_tiling()
+        vae.enable_slicing()
+    else:
+        vae.disable_tiling()
+        vae.disable_slicing()
+    loaded.plan_info = {**loaded.plan_info, "vae_tiling": on}
 
 
 def _finish(loaded, device: str, plan) -> None:

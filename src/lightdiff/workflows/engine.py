@@ -231,7 +231,9 @@ class Engine:
                     state.plan, loaded.plan_info = plan, {**plan.info(), **kept}
                 state.stage, state.events = "denoise", []
                 if tiled != bool(getattr(loaded.pipe.vae, "use_tiling", False)):
-                    _set_tiling(loaded, tiled)  # as this request's plan says: its peak was predicted so
+                    from lightdiff.runtime.plan_apply import set_vae_tiling
+
+                    set_vae_tiling(loaded, tiled)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
                 self._attach_fast_path(loaded)
                 result = wf.run(loaded, sub, progress=progress, cancel=cancel)
@@ -315,12 +317,6 @@ class Engine:
             if hasattr(image, "save") and paths:
                 outputs.save_png(image, Path(paths[0]).with_suffix(f".{name}.png"), {"of": paths[0], "kind": name})
         return paths
-
-
-def _set_tiling(loaded, on: bool) -> None:
-    from lightdiff.runtime.plan_apply import disable_vae_tiling, enable_vae_tiling
-
-    (enable_vae_tiling if on else disable_vae_tiling)(loaded)
 
 
 def _release(loaded, device: str) -> None:
