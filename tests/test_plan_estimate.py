@@ -58,7 +58,8 @@ def test_estimates_grow_with_size_and_batch(strategy, model):
 
 def test_choose_takes_the_fastest_plan_that_fits():
     assert plans.choose("sd15", 512, 512, 1, 4.0).name == "resident"
-    assert plans.choose("qwen-image-2512", 1024, 1024, 1, 80.0).name == "resident"
+    whole_card = plans.choose("qwen-image-2512", 1024, 1024, 1, 80.0, exclude=(Strategy.FP8_COMPUTE,))
+    assert whole_card.name == "resident"
     p24 = plans.choose("qwen-image-2512", 1024, 1024, 1, 24.0)
     assert p24.name != "resident" and p24.estimate.fits
     assert plan_model.VRAM_MARGIN_GIB + p24.estimate.peak_vram_gb * (1 + plan_model.VRAM_MARGIN_FRAC) <= 24.0
@@ -91,21 +92,30 @@ def test_vram_shortfall_names_the_budget_and_the_fix():
     assert "--vram-budget" in e.value.hint and "smaller size" in e.value.hint
 
 
-def test_fp8_compute_fits_where_the_card_has_fp8_and_is_priced_as_measured(monkeypatch):
-    monkeypatch.setattr(plans, "torchao_available", lambda: True)
-    # an H100 at 24 GB: fp8 compute fits at 1024 with half the bytes...
+def test_fp8_compute_is_the_24_gb_pick_where_the_card_has_fp8():
+    # an H100 at 24 GB: fp8 compute keeps the whole denoiser resident in half the bytes and, compiled,
+    # runs faster than streaming part of it (fp8-group-offload, the pick without it)
     fp8c = Strategy.FP8_COMPUTE.estimate("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20)
-    assert fp8c.fits and fp8c.options["compute"] == "fp8"
-    # ...but eager torchao float8 measured 24.6 s against 7.5 s bf16 (H100, 2026-11-26): not picked
-    resident = Strategy.RESIDENT.estimate("qwen-image-2512", 1024, 1024, 1, 80.0, steps=20)
-    assert fp8c.sec_per_image > 2 * resident.sec_per_image
-    assert plans.choose("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20).name != "fp8-compute"
-    assert plans.choose("qwen-image-2512", 1024, 1024, 1, 80.0, steps=20).name == "resident"
+    assert fp8c.fits and fp8c.options["compute"] == "fp8" and "compiled" in fp8c.reason
+    streamed = Strategy.FP8_GROUP_OFFLOAD.estimate("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20)
+    assert fp8c.sec_per_image < streamed.sec_per_image
+    assert plans.choose("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20).name == "fp8-compute"
+    # without it (the engine's speed path off: fp8 compute would run eager), the pick is the stream
+    off = plans.choose("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20, exclude=(Strategy.FP8_COMPUTE,))
+    assert off.name == "fp8-group-offload"
     # a card without fp8 (RTX 3090, 24 GB) and a UNet: refused, and the reason says why
     on_3090 = Strategy.FP8_COMPUTE.estimate("qwen-image-2512", 1024, 1024, 1, "RTX 3090")
     assert not on_3090.fits and "fp8 tensor cores" in on_3090.reason and "RTX 3090" in on_3090.reason
     unet = Strategy.FP8_COMPUTE.estimate("sd15", 512, 512, 1, 24.0)
     assert not unet.fits and "UNet" in unet.reason
+
+
+def test_the_engine_lets_the_planner_pick_fp8_compute_only_when_it_compiles_it():
+    from lightdiff.workflows.engine import Engine
+
+    assert Engine(device="cpu", fast="auto")._not_automatic() == ()
+    for fast in ("off", "eager"):
+        assert Engine(device="cpu", fast=fast)._not_automatic() == (Strategy.FP8_COMPUTE,)
 
 
 def test_int8_without_torchao_does_not_fit_and_says_why(monkeypatch):

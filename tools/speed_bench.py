@@ -5,6 +5,7 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
     python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
     python tools/speed_bench.py qwen -o rows.jsonl [--fp8]  # eager, attention backends, CFG batched, compiled
     python tools/speed_bench.py qwen -o rows.jsonl --budget 24  # ... then the 24 GB plan, CFG two-call vs batched
+    python tools/speed_bench.py qwen-fp8 -o rows.jsonl --budget 24 --profile p.txt  # fp8 compute compiled
 
 Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
 """
@@ -114,10 +115,12 @@ def sd15(args, out, stamp, warm_only=False):
         row(out, "sd15", "baseline (diffusers eager)", secs, b, fl, stamp)
 
 
-def qwen(args, out, stamp):
+def qwen_setup(args):
+    """qwen-image-2512 (synthetic) on the GPU, prompts encoded once, text encoder moved off; returns the
+    loaded model and ``call(steps=20)``: one true-CFG image from the kept embeddings."""
     import torch
 
-    from lightdiff.runtime import cfg_batch, fastpath, loader
+    from lightdiff.runtime import fastpath, loader
     from lightdiff.workflows.base import generators
 
     fastpath.persist_compile_cache()
@@ -130,11 +133,115 @@ def qwen(args, out, stamp):
     torch.cuda.empty_cache()
     size = args.size
 
-    def call():
+    def call(steps=20):
         return pipe(prompt_embeds=pe, prompt_embeds_mask=pm, negative_prompt_embeds=ne, negative_prompt_embeds_mask=nm,
-                    true_cfg_scale=4.0, width=size, height=size, num_inference_steps=20, generator=generators(1, 1),
-                    output_type="np").images
+                    true_cfg_scale=4.0, width=size, height=size, num_inference_steps=steps,
+                    generator=generators(1, 1), output_type="np").images
 
+    return lm, call
+
+
+def uncompile_blocks(transformer) -> None:
+    """Undo compile_repeated_blocks, so what follows runs (or compiles) anew."""
+    import torch
+
+    for block in transformer.transformer_blocks:
+        block._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def profile_to(path, label, fn) -> None:
+    """Append torch.profiler's top CUDA and CPU rows for one call of ``fn`` to ``path`` (what bounds it)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    with open(path, "a") as f:
+        f.write(f"## {label}\n{table.table(sort_by='cuda_time_total', row_limit=18)}\n"
+                f"{table.table(sort_by='cpu_time_total', row_limit=10)}\n")
+
+
+def qwen_fp8(args, out, stamp):
+    """fp8 compute (torchao float8, runtime/fp8.py) compiled, against bf16 eager and compiled in this
+    process; a profile of 2 steps eager in each dtype; then the fp8 run with the allocator capped."""
+    import numpy as np
+    import torch
+
+    from lightdiff.runtime import fp8
+    from lightdiff.runtime.device import cap_vram
+
+    lm, call = qwen_setup(args)
+    pipe, size = lm.pipe, args.size
+    flops = count_flops(call)
+    torch.cuda.reset_peak_memory_stats()
+    ref, secs = timed(call, 2)
+    row(out, "qwen-image-2512", "baseline (diffusers eager, embeddings given)", secs, 1, flops, stamp, width=size)
+    if args.profile:
+        profile_to(args.profile, "bf16 eager, 2 steps", lambda: call(2))
+    if not args.skip_bf16_compile:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        first, secs = timed(call, 3)
+        row(out, "qwen-image-2512", "compile_repeated_blocks", secs[1:], 1, flops, stamp, width=size,
+            compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
+            max_abs_diff_vs_eager=float(abs(first - ref).max()))
+        uncompile_blocks(pipe.transformer)
+    t0 = time.perf_counter()
+    done = fp8.quantize_denoiser(pipe.transformer)
+    quantize_s = round(time.perf_counter() - t0, 1)
+    print(f"fp8 in {quantize_s} s: {done}", flush=True)
+    torch.cuda.empty_cache()
+    if args.profile:
+        profile_to(args.profile, "fp8 compute eager, 2 steps", lambda: call(2))
+    pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    torch._dynamo.utils.counters.clear()
+    torch.cuda.reset_peak_memory_stats()
+    first, secs = timed(call, args.runs + 1)
+    rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
+    graphs = dict(torch._dynamo.utils.counters["stats"])
+    row(out, "qwen-image-2512", f"fp8 compute ({done['layers']} linears) + compile_repeated_blocks", secs[1:], 1,
+        flops, stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1), quantize_s=quantize_s,
+        rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done,
+        dynamo_stats={k: int(v) for k, v in graphs.items()})
+    if args.profile:
+        profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
+    if args.fast_accum:  # the same, with cuBLAS's fp8 fast accumulation
+        uncompile_blocks(pipe.transformer)
+        for mod in pipe.transformer.modules():
+            if isinstance(mod, fp8.Fp8Linear):
+                mod.fast_accum = True
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        torch.cuda.reset_peak_memory_stats()
+        first, secs = timed(call, args.runs + 1)
+        rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
+        row(out, "qwen-image-2512", "fp8 compute, fast accumulation + compile_repeated_blocks", secs[1:], 1, flops,
+            stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
+            rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()))
+    if args.budget:
+        torch.cuda.empty_cache()
+        cap_vram(args.budget, "cuda")
+        torch.cuda.reset_peak_memory_stats()
+        variant = f"fp8 compute + compile_repeated_blocks under {args.budget:g} GB"
+        note = "weights, VAE and the kept embeddings on the GPU; text encoder in host RAM; VAE not tiled"
+        try:
+            _, secs = timed(call, 2)
+        except torch.OutOfMemoryError as e:  # a result: say so in the rows
+            out.write(json.dumps({"schema": 1, "kind": "speed", "status": "oom", "model": "qwen-image-2512",
+                                  "variant": variant, "error": str(e)[:300], "env": stamp}) + "\n")
+            return
+        row(out, "qwen-image-2512", variant, secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget, note=note)
+
+
+def qwen(args, out, stamp):
+    import torch
+
+    from lightdiff.runtime import cfg_batch, fastpath
+
+    lm, call = qwen_setup(args)
+    pipe, size = lm.pipe, args.size
     flops = count_flops(call)
     torch.cuda.reset_peak_memory_stats()
     ref, secs = timed(call, args.runs)
@@ -176,9 +283,7 @@ def qwen(args, out, stamp):
 
         from lightdiff.runtime import fp8
 
-        for block in pipe.transformer.transformer_blocks:  # undo compile_repeated_blocks: measure eager first
-            block._compiled_call_impl = None
-        torch._dynamo.reset()
+        uncompile_blocks(pipe.transformer)  # measure eager first
         done = fp8.quantize_denoiser(pipe.transformer)
         n = done["layers"]
         print(f"fp8: {done}", flush=True)
@@ -206,9 +311,7 @@ def under_budget(args, out, stamp, lm, call, flops, ref, size):
     from lightdiff.runtime.device import cap_vram
 
     pipe = lm.pipe
-    for block in pipe.transformer.transformer_blocks:  # undo compile_repeated_blocks: the plan's hooks go on
-        block._compiled_call_impl = None
-    torch._dynamo.reset()
+    uncompile_blocks(pipe.transformer)  # the plan's hooks go on
     pipe.to("cpu")
     lm.device = "cpu"
     torch.cuda.empty_cache()
@@ -231,7 +334,7 @@ def under_budget(args, out, stamp, lm, call, flops, ref, size):
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["sd15", "sd15-warm", "qwen"])
+    p.add_argument("what", choices=["sd15", "sd15-warm", "qwen", "qwen-fp8"])
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
@@ -239,6 +342,9 @@ def main() -> int:
     p.add_argument("--attention", type=lambda s: [b for b in s.split(",") if b],
                    default=["_native_cudnn", "_native_flash"], help="backends to try; '' for none")
     p.add_argument("--fp8", action="store_true")
+    p.add_argument("--skip-bf16-compile", action="store_true", help="qwen-fp8: no compiled bf16 row")
+    p.add_argument("--fast-accum", action="store_true", help="qwen-fp8: then fp8 with fast accumulation")
+    p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file")
     p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
                                                 "planner's plan and measure CFG two-call vs batched")
     args = p.parse_args()
@@ -248,6 +354,8 @@ def main() -> int:
     with open(args.out, "a") as out:
         if args.what == "qwen":
             qwen(args, out, stamp)
+        elif args.what == "qwen-fp8":
+            qwen_fp8(args, out, stamp)
         else:
             sd15(args, out, stamp, warm_only=args.what == "sd15-warm")
     return 0

@@ -8,8 +8,9 @@
   synchronisation between steps. diffusers' loop does several small launches and Python work per step,
   which is what bounds SD1.5 at batch 1 (launch-bound, ~6% of peak). No well-kept library captures the
   whole step, so this loop is ours; it reproduces diffusers' Euler step exactly (a test compares them).
-- ``fp8``: torchao float8 dynamic activation and weight quantisation of the denoiser's linear layers
-  on cards with fp8 tensor cores (Hopper, Ada; runtime/fp8.py); ``int8wo`` (weight-only int8) elsewhere.
+- ``fp8``: the denoiser's linear layers in fp8 with per-row scales, matmuls on fp8 tensor cores (Hopper,
+  Ada): a transformer's through runtime/fp8.py (torch._scaled_mm), a UNet's through torchao's float8;
+  ``int8wo`` (torchao weight-only int8) elsewhere.
 - ``attention``: a diffusers attention-dispatcher backend (e.g. _native_cudnn, _native_flash), chosen by
   measurement on the card.
 Step caching (First Block Cache, TaylorSeer, MagCache) changes the output and is off unless asked for.
@@ -55,18 +56,18 @@ def apply_attention_backend(pipe, backend: str) -> None:
 
 
 def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
-    """torchao quantisation of the denoiser's Linear layers. Returns the number of layers changed.
+    """fp8 or int8 quantisation of the denoiser's Linear layers. Returns the number of layers changed.
 
-    fp8 on a transformer converts every Linear (runtime/fp8.py pads the few-row ones); on a UNet, and
+    fp8 on a transformer converts every Linear (runtime/fp8.py, no torchao); on a UNet (torchao), and
     for int8 weight-only, only the large layers (both sides >= ``min_features``) are worth it."""
     import torch
-    from torchao.quantization import quantize_
 
     den = denoiser_of(pipe)
     if kind == "fp8" and getattr(den, "_repeated_blocks", None):
         from lightdiff.runtime import fp8
 
         return fp8.quantize_denoiser(den)["layers"]
+    from torchao.quantization import quantize_
     if kind == "fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 

@@ -1,21 +1,25 @@
-"""fp8 compute for a transformer denoiser: torchao float8 matmuls, with every Linear usable.
+"""fp8 compute for a transformer denoiser: each Linear's matmul on fp8 tensor cores (torch._scaled_mm).
 
-torchao's Float8DynamicActivationFloat8WeightConfig keeps weights in float8 (1 byte per parameter,
-one scale per output row) and quantizes activations per row at each call, so the matmuls run on
-fp8 tensor cores (Hopper, Ada) instead of upcasting weights as diffusers' layerwise casting does.
+``Fp8Linear`` keeps its weight in float8 e4m3 (1 byte per parameter, one fp32 scale per output row) and
+quantizes its input per row at each call, the scheme of torchao's Float8DynamicActivationFloat8Weight
+with PerRow granularity, then multiplies with torch._scaled_mm, which runs fp8 matmuls on Hopper and Ada
+instead of upcasting the weights as diffusers' layerwise casting does.
 
-cuBLAS fp8 matmuls need the row count of the activation to be a multiple of 16. Qwen-Image's text
-stream has a handful of tokens and its modulation layers see one row per image, so those layers
-fail as they are (CUBLAS_STATUS_NOT_SUPPORTED, measured 2026-11-26). ``RowPadded`` pads the rows
-with zeros to the next multiple of 16 and drops them after the matmul: rows are independent, so
-the real rows' results are unchanged, and the padding costs at most 15 rows of work. torchao has no
-such option (its ``pad_inner_dim`` pads the reduction dimension, not the rows).
+Why not torchao's own tensor subclass (what this module used until 2026-11-27): eager, its per-layer
+dispatch made qwen-image-2512 3.3x slower than bf16 (24.57 vs 7.52 s, H100, 2026-11-26; the profile shows
+the CPU as the bound: 1.83 s of CPU for 1.07 s of GPU work over two steps), and compiled, the 60 quantized
+blocks did not finish compiling within six minutes on an H100 (2026-11-27), where the bf16 blocks compile in
+20 s. Plain fp8 tensors are ordinary graph inputs: the blocks compile as one graph, and Inductor fuses the
+per-row activation quantization into the ops around it. It also needs nothing beyond torch.
 
-cuBLAS's row-wise scaled fp8 matmul also refuses some shapes with few rows on the H100: a large
-reduction dimension (Linear(9216 -> 3072)) fails up to 256 rows and works from 257 (pytorch/ao#4582;
-here Qwen-Image's feed-forward output Linear(12288 -> 3072) on the text stream, measured 2026-11-26).
-So ``quantize_denoiser`` asks the card, once per layer shape, for the fewest rows that work (16, else
-272, else 1024) and pads to that; a shape that fails at every count stays in the compute dtype.
+cuBLAS fp8 matmuls need the activation's row count to be a multiple of 16. Qwen-Image's text stream has a
+handful of tokens and its modulation layers see one row per image, so the input is padded with zero rows
+and the padding dropped after the matmul: rows are independent, so the real rows are unchanged. cuBLAS's
+row-wise scaled fp8 matmul also refuses some shapes with few rows on the H100: a large reduction dimension
+(Linear(12288 -> 3072), Qwen-Image's feed-forward output on the text stream) fails up to 256 rows and works
+from 257 (pytorch/ao#4582, measured 2026-11-26). So ``quantize_denoiser`` asks the card, once per layer
+shape, for the fewest rows that work (16, else 272, else 1024); a shape that fails at every count stays in
+the compute dtype.
 """
 
 from __future__ import annotations
@@ -24,46 +28,58 @@ import torch
 
 ROW_MULTIPLE = 16
 ROW_COUNTS_TO_TRY = (16, 272, 1024)  # 272: the first multiple of 16 above pytorch/ao#4582's 256
+E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+AMAX_FLOOR = 1e-12  # an all-zero row gets a tiny scale, not a division by zero
 # Layers left in the compute dtype: the first and last projections of the latent (tiny, and the
 # ones quantization noise hurts most) and the timestep embedding (two small layers).
 KEEP_PRECISE = ("img_in", "proj_out", "norm_out", "time_text_embed")
 
 
-class RowPadded(torch.nn.Module):
-    """A Linear whose input rows are padded to a multiple of ``multiple`` (see the module docstring)."""
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric float8 e4m3: (values, fp32 scales of shape (rows, 1)), t ~= values * scales."""
+    scale = t.abs().amax(dim=-1, keepdim=True).float().clamp(min=AMAX_FLOOR) / E4M3_MAX
+    return (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
 
-    def __init__(self, inner: torch.nn.Module, multiple: int = ROW_MULTIPLE, min_rows: int = 0):
+
+def padded_rows(rows: int, min_rows: int = 0, multiple: int = ROW_MULTIPLE) -> int:
+    """Rows the fp8 matmul sees for ``rows`` real ones: the next multiple, and at least ``min_rows``."""
+    return max(rows + (-rows % multiple), min_rows)
+
+
+class Fp8Linear(torch.nn.Module):
+    """A Linear computed in fp8: weight quantized once per output row, input per row at each call."""
+
+    def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE, fast_accum: bool = False):
         super().__init__()
-        self.inner = inner
-        self.multiple = multiple
-        self.min_rows = min_rows  # some fp8 shapes need more rows than any multiple of 16 (module docstring)
-
-    # diffusers reads these from the layers it holds (e.g. a layer's weight dtype or device)
-    @property
-    def weight(self):
-        return self.inner.weight
-
-    @property
-    def bias(self):
-        return self.inner.bias
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.min_rows = min_rows  # some shapes need more rows than any multiple of 16 (module docstring)
+        # cuBLAS's fp8 fast accumulation (fewer promotions of the partial sums to fp32): faster, less exact
+        self.fast_accum = fast_accum
+        values, scale = quantize_rows(linear.weight.detach())
+        self.register_buffer("weight_fp8", values)  # (out, in); buffers: `model.dtype` stays the compute dtype
+        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out), as _scaled_mm wants
+        self.bias = linear.bias
+        self.compute_dtype = linear.weight.dtype
 
     @property
-    def in_features(self) -> int:
-        return self.inner.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.inner.out_features
+    def weight(self) -> torch.Tensor:  # what callers read off a layer: its device, dtype and shape
+        return self.weight_fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        pad = max(-rows % self.multiple, self.min_rows - rows)
-        if pad > 0:
+        pad = padded_rows(rows, self.min_rows) - rows
+        if pad:
             flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
-        out = self.inner(flat)
-        return out[:rows].reshape(*lead, out.shape[-1])
+        values, scale = quantize_rows(flat)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        out = torch._scaled_mm(values, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
+                               out_dtype=x.dtype, use_fast_accum=self.fast_accum)
+        return out[:rows].reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, min_rows={self.min_rows}"
 
 
 def quantizable(module: torch.nn.Module, name: str) -> bool:
@@ -74,7 +90,7 @@ def quantizable(module: torch.nn.Module, name: str) -> bool:
 
 
 def unsupported_reason(device) -> str | None:
-    """None when ``device`` runs fp8 matmuls, else why not (for the error and the planner)."""
+    """None when ``device`` runs fp8 matmuls on tensor cores, else why not (for the error and the planner)."""
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return "fp8 compute needs a CUDA GPU with fp8 tensor cores (Ada or Hopper)"
     major, minor = torch.cuda.get_device_capability(torch.device(device))
@@ -84,23 +100,15 @@ def unsupported_reason(device) -> str | None:
     return None
 
 
-def _config():
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-
-
 def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16) -> int | None:
-    """The fewest rows (of ROW_COUNTS_TO_TRY) a float8 Linear of this shape runs with on ``device``;
+    """The fewest rows (of ROW_COUNTS_TO_TRY) an fp8 matmul of this shape runs with on ``device``;
     None when it fails at every count. Asks the card: cuBLAS's support is by shape and version."""
-    from torchao.quantization import quantize_
-
-    probe = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, dtype=dtype, device=device))
-    quantize_(probe, _config())
     for rows in ROW_COUNTS_TO_TRY:
+        probe = Fp8Linear(torch.nn.Linear(in_features, out_features, dtype=dtype, device=device), min_rows=rows)
         try:
-            probe(torch.zeros(rows, in_features, dtype=dtype, device=device))
-            torch.cuda.synchronize(device)
+            probe(torch.zeros(1, in_features, dtype=dtype, device=device))
+            if str(device).startswith("cuda"):
+                torch.cuda.synchronize(device)
             return rows
         except RuntimeError as e:  # CUBLAS_STATUS_NOT_SUPPORTED for this shape: try more rows
             if "CUBLAS" not in str(e) and "not supported" not in str(e).lower():
@@ -109,29 +117,26 @@ def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat1
 
 
 def quantize_denoiser(denoiser: torch.nn.Module, device=None) -> dict:
-    """Convert the denoiser's Linear layers to torchao float8 (per-row scales), each padded for rows.
+    """Replace the denoiser's quantizable Linear layers by ``Fp8Linear`` (in place).
 
     With ``device``, each layer is moved there just before it is converted, so a bf16 model in host
     RAM never needs its full bf16 size on the GPU. Returns what was done: layers converted, the rows
     each shape is padded to, and the shapes left in the compute dtype."""
-    from torchao.quantization import quantize_
-
     run_on = device or next(denoiser.parameters()).device
     dtype = next(denoiser.parameters()).dtype
     wanted = {n: mod for n, mod in denoiser.named_modules() if quantizable(mod, n)}
     shapes = {(m.in_features, m.out_features) for m in wanted.values()}
     rows = {shape: fewest_rows(*shape, run_on, dtype) for shape in sorted(shapes)}
-    keep = {n for n, m in wanted.items() if rows[(m.in_features, m.out_features)] is None}
-    names = set(wanted) - keep
-    quantize_(denoiser, _config(), filter_fn=lambda mod, fqn: fqn in names, device=device)
-    wrap_rows(denoiser, {n: rows[(wanted[n].in_features, wanted[n].out_features)] for n in names})
-    return {"layers": len(names), "min_rows": {f"{k}x{n}": r for (k, n), r in sorted(rows.items())},
-            "kept_precise": sorted(keep)}
-
-
-def wrap_rows(root: torch.nn.Module, min_rows: dict[str, int], multiple: int = ROW_MULTIPLE) -> None:
-    """Replace each named submodule of ``root`` by ``RowPadded(submodule)``, padded to at least its rows."""
-    for name, rows in sorted(min_rows.items()):
+    kept = sorted(n for n, m in wanted.items() if rows[(m.in_features, m.out_features)] is None)
+    converted = 0
+    for name in sorted(wanted):
+        linear = wanted.pop(name)  # no reference kept: each bf16 weight is freed once converted
+        min_rows = rows[(linear.in_features, linear.out_features)]
+        if min_rows is None:
+            continue
         parent_name, _, child = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        setattr(parent, child, RowPadded(getattr(parent, child), multiple, rows))
+        parent = denoiser.get_submodule(parent_name) if parent_name else denoiser
+        setattr(parent, child, Fp8Linear(linear.to(run_on), min_rows))
+        converted += 1
+    return {"layers": converted, "min_rows": {f"{k}x{n}": r for (k, n), r in sorted(rows.items())},
+            "kept_precise": kept}

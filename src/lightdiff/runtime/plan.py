@@ -11,10 +11,11 @@ Strategies, fastest first when they fit:
 - resident: every component on the GPU in the compute dtype (fp16/bf16).
 - fp8-storage: the denoiser's weights stored in fp8 and cast per layer for compute (diffusers
   layerwise casting); half the bytes, some time per forward for the casts.
-- fp8-compute: the denoiser's linear layers in fp8 with fp8 matmuls (torchao float8, per-row
-  scales; runtime/fp8.py): half the bytes, on cards with fp8 tensor cores (Ada, Hopper). Measured
-  eager it is 3.3x slower than bf16 (torchao's per-layer overhead), so it is picked only where
-  nothing faster fits. Transformer denoisers only (a UNet's convolutions stay in bf16).
+- fp8-compute: the denoiser's linear layers in fp8 with fp8 matmuls (per-row scales, torch._scaled_mm;
+  runtime/fp8.py): half the bytes, on cards with fp8 tensor cores (Ada, Hopper). Priced compiled, as
+  the engine's speed path runs it; the engine lets the planner pick it only then (--fast auto), since
+  eager its per-layer quantization kernels make it slower than bf16. Transformer denoisers only (a
+  UNet's convolutions stay in bf16).
 - int8-weight: torchao weight-only int8 for the denoiser's linear layers (needs torchao).
 - group-offload: the denoiser's blocks split: as many resident as fit, the rest streamed from
   pinned host RAM on a CUDA stream one block ahead (diffusers group offloading), in the compute dtype.
@@ -182,12 +183,12 @@ def _estimate_fp8_compute(r: Request, fixed: dict | None = None) -> Estimate:
         needs = "fp8 compute is for transformer denoisers (a UNet is mostly convolutions)"
     elif r.card.fp8_tflops is None:
         needs = f"needs fp8 tensor cores (Ada or Hopper); {r.card.name} has none"
-    elif not torchao_available():
-        needs = "needs torchao (pip install torchao)"
 
     def build(tiling, te_mode):
-        per_call = m.call_compute_s(r) + m.FP8_EAGER_S_PER_CALL
-        return _Parts(m.gib(_den_params(r), "fp8"), 0.0, 0.0, per_call, {"storage": "fp8", "compute": "fp8"}), needs
+        # priced compiled: the engine picks it only with its speed path on (--fast auto), which compiles it
+        per_call = m.call_compute_s(r, m.FP8_COMPILED_COMPUTE_FACTOR)
+        return _Parts(m.gib(_den_params(r), "fp8"), 0.0, 0.0, per_call, {"storage": "fp8", "compute": "fp8"},
+                      note="time compiled (--fast auto); eager it is about 3x slower"), needs
     return _over_modifiers(r, build, fixed)
 
 
@@ -316,7 +317,7 @@ class Strategy(Enum):
                            "apply_resident", False, False)
     FP8_STORAGE = StrategyDef("fp8-storage", "denoiser weights stored in fp8 (diffusers layerwise casting)",
                               _estimate_fp8, "apply_fp8_storage", True, True)
-    FP8_COMPUTE = StrategyDef("fp8-compute", "denoiser linear layers in fp8 with fp8 matmuls (torchao)",
+    FP8_COMPUTE = StrategyDef("fp8-compute", "denoiser linear layers in fp8 with fp8 matmuls",
                               _estimate_fp8_compute, "apply_fp8_compute", True, True, cuda_only=True)
     # Not picked automatically: its speed is an assumption until measured on a GPU with torchao.
     INT8_WEIGHT = StrategyDef("int8-weight", "denoiser linear layers int8 weight-only (torchao)",

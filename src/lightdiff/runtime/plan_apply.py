@@ -211,12 +211,6 @@ def apply_fp8_storage(loaded, device: str, plan) -> None:
 
 
 def apply_fp8_compute(loaded, device: str, plan) -> None:
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise LightdiffError("Plan fp8-compute needs torchao, which is not installed.",
-                             "pip install torchao (matching your torch), or use --plan fp8-storage.",
-                             code="plan_unavailable") from None
     from lightdiff.runtime import fp8
 
     reason = fp8.unsupported_reason(device)

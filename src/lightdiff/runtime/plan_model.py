@@ -58,13 +58,11 @@ PAGEABLE_EFFICIENCY = 0.5
 # dequantize each weight per call: read 1 byte, write and read 2 -- like the fp8 casts but one way.
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
 INT8_DEQUANT_BYTES_PER_PARAM = 3
-# fp8 compute (torchao float8 matmuls, eager, as the engine runs it): time added to each denoiser call.
-# CALIBRATED: qwen-image-2512 at 1024 on the H100, 2026-11-26: 24.57 s vs 7.52 s per image (eager bf16) over
-# 40 calls = 0.426 s per call: its 841 float8 Linear calls each pay torchao's tensor-subclass dispatch and
-# separate activation-quantization kernels (~0.5 ms each), more than the fp8 matmuls save. Compiled fp8
-# (where those fuse) was not measured: the run hit its time limit while compiling. So the planner picks
-# fp8-compute only where nothing faster fits.
-FP8_EAGER_S_PER_CALL = 0.426
+# fp8 compute (runtime/fp8.py), compiled, as the engine's speed path runs it: a denoiser call's time as a
+# share of the bf16 compute model's. ASSUMED from the 2026-11-27 H100 profile (two steps of qwen-image-2512
+# at 1024, eager): fp8 matmuls 199 ms against bf16's 327 ms, attention unchanged, the per-row quantization
+# fused by Inductor. To be calibrated on the compiled run.
+FP8_COMPILED_COMPUTE_FACTOR = 0.6
 TILED_VAE_TIME_FACTOR = 1.3  # overlapping tiles decode ~30% more pixels. ASSUMED.
 
 

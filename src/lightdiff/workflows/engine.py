@@ -61,7 +61,7 @@ def attach_fast_path(loaded, fast: str) -> None:
     wanted = fast == "eager" or (fast == "auto" and str(loaded.device).startswith("cuda"))
     den = getattr(loaded.pipe, "transformer", None)
     if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
-            and loaded.plan == "resident"):  # fp8-compute compiled: not yet measured
+            and loaded.plan in ("resident", "fp8-compute")):  # weights that stay put: no offload hooks to trace
         from lightdiff.runtime.fastpath import persist_compile_cache
 
         persist_compile_cache()
@@ -204,8 +204,9 @@ class Engine:
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
     def _not_automatic(self) -> tuple:
-        """Plans auto may not pick: with the speed path off, fp8 compute (faster, but not bf16's numbers)."""
-        return (plans.Strategy.FP8_COMPUTE,) if self.fast == "off" else ()
+        """Plans auto may not pick: fp8 compute unless the speed path compiles it (its estimate assumes
+        compiled; eager, torchao's per-layer overhead makes it slower than bf16) -- and it is not bf16's numbers."""
+        return (plans.Strategy.FP8_COMPUTE,) if self.fast != "auto" else ()
 
     def _attach_fast_path(self, loaded) -> None:
         attach_fast_path(loaded, self.fast)
