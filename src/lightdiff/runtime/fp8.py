@@ -49,12 +49,10 @@ def padded_rows(rows: int, min_rows: int = 0, multiple: int = ROW_MULTIPLE) -> i
 class Fp8Linear(torch.nn.Module):
     """A Linear computed in fp8: weight quantized once per output row, input per row at each call."""
 
-    def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE, fast_accum: bool = False):
+    def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.min_rows = min_rows  # some shapes need more rows than any multiple of 16 (module docstring)
-        # cuBLAS's fp8 fast accumulation (fewer promotions of the partial sums to fp32): faster, less exact
-        self.fast_accum = fast_accum
         values, scale = quantize_rows(linear.weight.detach())
         self.register_buffer("weight_fp8", values)  # (out, in); buffers: `model.dtype` stays the compute dtype
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out), as _scaled_mm wants
@@ -73,10 +71,12 @@ class Fp8Linear(torch.nn.Module):
         if pad:
             flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
         values, scale = quantize_rows(flat)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
+        # bf16 out (and bias): cuBLAS's row-wise scaled fp8 matmul refuses fp32 ones (a model in fp32, such as
+        # the tiny twins on a GPU); use_fast_accum: it refuses that with row-wise scales too (H100, 2026-11-27)
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
         out = torch._scaled_mm(values, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
-                               out_dtype=x.dtype, use_fast_accum=self.fast_accum)
-        return out[:rows].reshape(*lead, self.out_features)
+                               out_dtype=torch.bfloat16)
+        return out[:rows].reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, min_rows={self.min_rows}"

@@ -220,6 +220,11 @@ def apply_fp8_compute(loaded, device: str, plan) -> None:
                              code="plan_unavailable")
     den = denoiser(loaded)
     done = fp8.quantize_denoiser(den, device=device)  # layer by layer: the bf16 model never sits on the GPU whole
+    if not done["layers"]:  # nothing in fp8: the plan's memory prediction would be wrong, so refuse it
+        raise LightdiffError(f"Plan fp8-compute converted no layer on {device}: the GPU refused fp8 matmuls for "
+                             f"every shape ({', '.join(done['min_rows'])}).",
+                             "Use --plan fp8-storage (fp8 weights, bf16 matmuls) or --plan auto.",
+                             code="plan_unavailable")
     den.to(device)
     _place_others(loaded, device, plan)
     _finish(loaded, device, plan)
