@@ -8,18 +8,18 @@ instead of upcasting the weights as diffusers' layerwise casting does.
 Why not torchao's own tensor subclass (what this module used until 2026-11-27): eager, its per-layer
 dispatch made qwen-image-2512 3.3x slower than bf16 (24.57 vs 7.52 s, H100, 2026-11-26; the profile shows
 the CPU as the bound: 1.83 s of CPU for 1.07 s of GPU work over two steps), and compiled, the 60 quantized
-blocks did not finish compiling within six minutes on an H100 (2026-11-27), where the bf16 blocks compile in
-20 s. Plain fp8 tensors are ordinary graph inputs: the blocks compile as one graph, and Inductor fuses the
+blocks did not finish compiling in the ~4 minutes a run had left, twice (H100, 2026-11-26 and 27), where the
+bf16 blocks compile in 20 s. Plain fp8 tensors are ordinary graph inputs: the blocks compile as one graph, and Inductor fuses the
 per-row activation quantization into the ops around it. It also needs nothing beyond torch.
 
 cuBLAS fp8 matmuls need the activation's row count to be a multiple of 16. Qwen-Image's text stream has a
 handful of tokens and its modulation layers see one row per image, so the input is padded with zero rows
 and the padding dropped after the matmul: rows are independent, so the real rows are unchanged. cuBLAS's
-row-wise scaled fp8 matmul also refuses some shapes with few rows on the H100: a large reduction dimension
-(Linear(12288 -> 3072), Qwen-Image's feed-forward output on the text stream) fails up to 256 rows and works
-from 257 (pytorch/ao#4582, measured 2026-11-26). So ``quantize_denoiser`` asks the card, once per layer
-shape, for the fewest rows that work (16, else 272, else 1024); a shape that fails at every count stays in
-the compute dtype.
+row-wise scaled fp8 matmul has also refused some shapes with few rows: through torchao, Qwen-Image's
+feed-forward output Linear(12288 -> 3072) on the text stream failed up to 256 rows and worked from 257
+(pytorch/ao#4582; H100, 2026-11-26), where this module's call ran it at 16 rows (2026-11-27). Support is by
+shape, layout and cuBLAS version, so ``quantize_denoiser`` asks the card, once per layer shape, for the
+fewest rows that work (16, else 272, else 1024); a shape that fails at every count stays in the compute dtype.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class Fp8Linear(torch.nn.Module):
         self.register_buffer("weight_fp8", values)  # (out, in); buffers: `model.dtype` stays the compute dtype
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out), as _scaled_mm wants
         self.bias = linear.bias
-        self.compute_dtype = linear.weight.dtype
 
     @property
     def weight(self) -> torch.Tensor:  # what callers read off a layer: its device, dtype and shape
