@@ -113,11 +113,32 @@ def test_check_reads_a_caption_against_a_hand_drawn_image():
     assert result.count_ok and result.colour_ok and result.shape_ok and not result.position_ok
 
 
+def test_position_outcome_tells_a_mirrored_relation_from_one_on_the_wrong_axis():
+    """What a failed position was, so a training run knows whether relations are confused or not learned."""
+    image = Image.fromarray(_drawn_by_hand())  # blue circle left of red square, level with it
+    tail = ", and a small green triangle, on a white background"
+    assert check(image, "a blue circle left of a red square" + tail).position_outcome == "ok"
+    assert check(image, "a blue circle right of a red square" + tail).position_outcome == "swapped"
+    assert check(image, "a blue circle above a red square" + tail).position_outcome == "other axis"
+
+
+def test_position_outcomes_are_counted_apart_for_relations_and_places(ground_truth):
+    samples = ground_truth[::4]
+    honest = score_many([s.image for s in samples], [s.caption for s in samples])["position_outcomes"]
+    assert set(honest["relation"]) == {"ok"} and set(honest["place"]) == {"ok"}
+    lied = score_many([s.image for s in samples], [_lie_about_place(s.scene) for s in samples])
+    outcomes = lied["position_outcomes"]
+    assert outcomes["relation"] == {"swapped": honest["relation"]["ok"]}  # each relation turned around
+    assert outcomes["place"] == {"wrong place": honest["place"]["ok"]}
+    assert json.loads(json.dumps(lied["results"][0].to_dict()))["position_outcome"] in ("swapped", "wrong place")
+
+
 def test_empty_background_has_nothing_to_find():
     flat = np.zeros((128, 128, 3), np.uint8)
     flat[:] = PALETTE["yellow"]
     result = check(flat, "a red circle in the centre on a yellow background")
     assert result.blobs == [] and not result.count_ok and not result.colour_ok and not result.position_ok
+    assert result.position_outcome == "missing"
 
 
 def test_noise_like_a_models_output_does_not_fool_it(ground_truth):

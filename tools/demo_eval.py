@@ -7,7 +7,8 @@ The training run's own eval (``lightdiff.demo.train.evaluate``) scores one held-
 a set per seed (held-out split: colour x shape pairs never trained on, half English, half Chinese captions),
 generates with the same pipeline, steps and generator seeds as the training eval, scores each image with
 ``lightdiff.demo.checker``, and reports each set, the mean and the pooled percentage, beside the VAE round trip
-of the true renders (the ceiling the UNet can reach through this decoder). Runs on the CPU in minutes.
+of the true renders (the ceiling the UNet can reach through this decoder), and how positions failed (a relation
+swapped, drawn on the other axis, or a lone object in the wrong place). Runs on the CPU in minutes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from lightdiff.demo.checker import score_many
+    from lightdiff.demo.checker import position_outcomes, score_many
     from lightdiff.demo.scenes import SceneDataset
     from lightdiff.demo.train import TrainConfig, _generate, vae_round_trip
 
@@ -53,6 +54,7 @@ def main() -> int:
         pooled["generated"] += generated["results"]
         pooled["round_trip"] += round_trip["results"]
         entry = {"seed": seed, "generated": _rounded(generated["percent"]),
+                 "position_outcomes": generated["position_outcomes"],
                  "vae_round_trip": _rounded(round_trip["percent"]), "seconds": round(time.perf_counter() - t0, 1)}
         sets.append(entry)
         g = entry["generated"]
@@ -66,12 +68,16 @@ def main() -> int:
               "min": {k: min(s["generated"][k] for s in sets) for k in keys},
               "max": {k: max(s["generated"][k] for s in sets) for k in keys},
               "vae_round_trip_mean": {k: round(statistics.mean(s["vae_round_trip"][k] for s in sets), 2)
-                                      for k in keys}}
+                                      for k in keys},
+              "position_outcomes": position_outcomes(pooled["generated"])}
     m, rt = report["mean"], report["vae_round_trip_mean"]
     print(f"mean over {len(sets)} sets of {args.n}: colour+shape {m['colour_shape']:.1f}% "
           f"(range {report['min']['colour_shape']:.1f}-{report['max']['colour_shape']:.1f}), position "
           f"{m['position']:.1f}% (range {report['min']['position']:.1f}-{report['max']['position']:.1f}); "
           f"VAE round trip {rt['colour_shape']:.1f}% / {rt['position']:.1f}%", flush=True)
+    for kind, counts in report["position_outcomes"].items():  # why positions fail: see checker.POSITION_OUTCOMES
+        total = sum(counts.values()) or 1
+        print(f"{kind} outcomes: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(counts.items())))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

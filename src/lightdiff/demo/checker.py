@@ -46,6 +46,11 @@ from lightdiff.demo.scenes import (
 MIN_BLOB_AREA = 0.002  # fraction of the image; the smallest demo shape covers about 0.7 %
 UPSAMPLE = 4
 CRITERIA = ("count", "colour", "shape", "colour_shape", "position", "size", "all")
+# position outcomes: a relation is "ok", "swapped" (the inverse: objects in the right axis, wrong order),
+# "other axis" (left/right asked, above/below drawn, or the reverse), "level" (too close to tell) or
+# "missing" (an object not found); a lone object's place is "ok", "wrong place" or "missing"
+POSITION_OUTCOMES = ("ok", "swapped", "other axis", "level", "wrong place", "missing")
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 @dataclass
@@ -74,6 +79,9 @@ class CheckResult:
     expected: SceneSpec
     blobs: list[Blob] = field(default_factory=list)
     assignment: list[int | None] = field(default_factory=list)  # blob index per expected object
+    # how the position came out (POSITION_OUTCOMES), None where the caption names no position: it tells
+    # a relation the model placed on the wrong axis (not learned) from one it mirrored (order confused)
+    position_outcome: str | None = None
 
     @property
     def colour_shape_ok(self) -> bool:
@@ -88,7 +96,7 @@ class CheckResult:
             "count_ok": self.count_ok, "colour_ok": self.colour_ok, "shape_ok": self.shape_ok,
             "position_ok": self.position_ok, "size_ok": self.size_ok, "all_ok": self.all_ok,
             "expected": asdict(self.expected), "blobs": [asdict(b) for b in self.blobs],
-            "assignment": self.assignment,
+            "assignment": self.assignment, "position_outcome": self.position_outcome,
         }
 
 
@@ -234,14 +242,28 @@ def check(image, caption_or_scene: str | Scene | SceneSpec, threshold: float = 1
     colour_ok = found and all(b.colour == o.colour for o, b in matched)
     shape_ok = found and all(b.shape == o.shape for o, b in matched)
     size_ok = found and all(b.size == o.size for o, b in matched)
-    position_ok = False
-    if spec.relation is not None and matched[0][1] is not None and matched[1][1] is not None:
-        a, b = matched[0][1], matched[1][1]
-        position_ok = relation_between((a.cx, a.cy), (b.cx, b.cy)) == spec.relation
-    elif spec.position is not None and matched[0][1] is not None:
-        position_ok = absolute_position(matched[0][1].cx, matched[0][1].cy) == spec.position
-    return CheckResult(len(blobs) == len(spec.objects), colour_ok, shape_ok, position_ok, size_ok,
-                       spec, blobs, assignment)
+    outcome = _position_outcome(spec, [b for _, b in matched])
+    return CheckResult(len(blobs) == len(spec.objects), colour_ok, shape_ok, outcome == "ok", size_ok,
+                       spec, blobs, assignment, outcome)
+
+
+def _position_outcome(spec: SceneSpec, matched: list[Blob | None]) -> str | None:
+    """One of POSITION_OUTCOMES for the caption's relation (first two objects) or a lone object's place."""
+    if spec.relation is not None:
+        a, b = matched[0], matched[1]
+        if a is None or b is None:
+            return "missing"
+        got = relation_between((a.cx, a.cy), (b.cx, b.cy))
+        if got == spec.relation:
+            return "ok"
+        if got is None:
+            return "level"
+        return "swapped" if got == INVERSE_RELATION[spec.relation] else "other axis"
+    if spec.position is not None:
+        if matched[0] is None:
+            return "missing"
+        return "ok" if absolute_position(matched[0].cx, matched[0].cy) == spec.position else "wrong place"
+    return None
 
 
 def score_many(images, captions, threshold: float = 16.0) -> dict:
@@ -255,4 +277,15 @@ def score_many(images, captions, threshold: float = 16.0) -> dict:
     for name in CRITERIA:
         passed = [getattr(r, f"{name}_ok") for r in results]
         summary[name] = 100.0 * sum(passed) / len(passed) if passed else 0.0
-    return {"n": len(results), "percent": summary, "results": results}
+    return {"n": len(results), "percent": summary, "position_outcomes": position_outcomes(results),
+            "results": results}
+
+
+def position_outcomes(results: list[CheckResult]) -> dict:
+    """Counts of each position outcome, apart for relations (two objects) and places (one object)."""
+    out = {"relation": {}, "place": {}}
+    for r in results:
+        if r.position_outcome is not None:
+            kind = out["relation" if r.expected.relation is not None else "place"]
+            kind[r.position_outcome] = kind.get(r.position_outcome, 0) + 1
+    return out
