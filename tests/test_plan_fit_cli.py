@@ -44,3 +44,13 @@ def test_a_request_that_fits_nowhere_says_what_it_needs(capsys):
 def test_fit_needs_a_budget(capsys):
     assert main(["fit", "--model", "sd15"]) == 2
     assert "--vram" in capsys.readouterr().err
+
+
+def test_fit_follows_the_engine_on_fp8_compute(capsys):
+    """Default (--fast auto, as generate): fp8-compute on an fp8 card, said to be lossy; --fast off: not."""
+    assert main(["fit", "--model", "qwen-image-2512", "--size", "1024", "--gpu", "RTX 4090D"]) == 0
+    out = capsys.readouterr().out
+    assert "lightdiff would pick: fp8-compute" in out and "Lossy" in out and "--fast off" in out
+    assert main(["fit", "--model", "qwen-image-2512", "--size", "1024", "--gpu", "RTX 4090D", "--fast", "off"]) == 0
+    pick = capsys.readouterr().out.split("lightdiff would pick: ")[1].split(" ")[0]
+    assert pick not in ("fp8-compute", "resident")
