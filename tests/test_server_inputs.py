@@ -332,6 +332,12 @@ def test_serve_arguments(tmp_path):
     assert generated and cfg.token and cfg.default_model == "tiny-sd15" and cfg.models == ("tiny-sd15", "tiny-qwen-image")
     cfg, generated = build_config(parse(["serve", "--data-dir", str(tmp_path), "--devices", "cpu"]))
     assert not generated and cfg.token is None and cfg.host == "127.0.0.1" and cfg.port == 7860
+    assert cfg.fast == "auto"
+    # --fast off reaches the workers' engines: no fp8 compute, nothing compiled
+    from lightdiff.server.worker import make_engine
+
+    off, _ = build_config(parse(["serve", "--data-dir", str(tmp_path), "--devices", "cpu", "--fast", "off"]))
+    assert make_engine(off, "cpu").fast == "off" and make_engine(cfg, "cpu").fast == "auto"
     with pytest.raises(UnknownModel):
         build_config(parse(["serve", "--data-dir", str(tmp_path), "--devices", "cpu", "--models", "nope"]))
 

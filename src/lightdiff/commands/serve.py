@@ -14,6 +14,9 @@ def add_arguments(p):
                    help="address to bind; anything but loopback requires an API token (default %(default)s)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--vram-budget", type=float, metavar="GB", help="behave like a card of this size")
+    p.add_argument("--fast", choices=["auto", "off"], default="auto",
+                   help="speed path: auto compiles and, on fp8 cards, may pick fp8 compute (lossy); "
+                        "off keeps bf16 plans uncompiled")
     p.add_argument("--data-dir", help="job store, uploads and outputs (default: the lightdiff home)")
     p.add_argument("--token", help="API token required on every request (generated when binding beyond loopback)")
     p.add_argument("--devices", nargs="+", metavar="DEVICE",
@@ -68,7 +71,7 @@ def build_config(args):
     config = ServerConfig(
         data_dir=Path(args.data_dir).expanduser() if args.data_dir else settings.home(),
         host=args.host, port=args.port, models=models, default_model=default, token=args.token,
-        devices=devices, vram_budget_gb=args.vram_budget, allow_weights=allow,
+        devices=devices, vram_budget_gb=args.vram_budget, fast=args.fast, allow_weights=allow,
         allow_unsafe_pickle=args.allow_unsafe_pickle, allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host), max_attempts=args.max_attempts, cpu_threads=args.cpu_threads,
         eval_dir=str(Path(args.eval_dir).expanduser()) if args.eval_dir else None)

@@ -26,6 +26,7 @@ class ServerConfig:
     token: str | None = None  # required on every API request when set
     devices: tuple[str, ...] = ("cpu",)  # one worker process per entry
     vram_budget_gb: float | None = None
+    fast: str = "auto"  # the engine's speed path: auto (compiled, fp8 compute on fp8 cards) or off (bf16 plans)
     cpu_threads: int | None = None  # torch threads of a CPU worker (1 avoids thread thrashing on a busy host)
     allow_weights: tuple[str, ...] = SAFE_WEIGHTS  # "*" allows any source (paths, hub ids)
     allow_unsafe_pickle: bool = False

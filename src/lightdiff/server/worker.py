@@ -43,6 +43,14 @@ def image_name(index: int, attempt: int) -> str:
     return f"{index}-a{attempt}.png"
 
 
+def make_engine(config: ServerConfig, device: str):
+    """The engine a worker runs jobs on, as the server's options say."""
+    from lightdiff.workflows.engine import Engine
+
+    return Engine(device=device, vram_budget_gb=config.vram_budget_gb, fast=config.fast,
+                  allow_unsafe_pickle=config.allow_unsafe_pickle or None)
+
+
 class Worker:
     def __init__(self, config: ServerConfig, device: str, worker_id: str, parent_pid: int | None = None):
         self.config = config
@@ -63,14 +71,11 @@ class Worker:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from lightdiff.workflows.engine import Engine
-
         if self.config.cpu_threads and not self.device.startswith("cuda"):
             import torch
 
             torch.set_num_threads(self.config.cpu_threads)
-        self.engine = Engine(device=self.device, vram_budget_gb=self.config.vram_budget_gb,
-                             allow_unsafe_pickle=self.config.allow_unsafe_pickle or None)
+        self.engine = make_engine(self.config, self.device)
         self.store.worker_seen(self.worker_id, pid=os.getpid(), device=self.engine.device, state="idle",
                                env=self._env(), memory=self._memory())
         for sig in (signal.SIGTERM, signal.SIGINT):
