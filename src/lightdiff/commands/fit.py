@@ -41,10 +41,8 @@ def run(args) -> int:
     height = args.height or args.size or spec.defaults.height
     rows = plans.estimate_all(spec, width, height, args.batch, vram, args.ram, card, args.steps)
     try:
-        # the engine's rule (Engine._not_automatic): fp8 compute only where the speed path compiles it
-        exclude = () if args.fast == "auto" else (plans.Strategy.FP8_COMPUTE,)
         chosen, error = plans.choose(spec, width, height, args.batch, vram, args.ram, card, args.steps,
-                                     exclude=exclude), None
+                                     exclude=plans.excluded_for(args.fast)), None
     except DoesNotFit as e:
         chosen, error = None, e
     steps = args.steps or spec.defaults.steps

@@ -472,6 +472,13 @@ def plan_key(plan: Plan) -> tuple:
     return plan.name, repr(sorted(placement.items()))
 
 
+def excluded_for(fast: str) -> tuple[Strategy, ...]:
+    """Plans the planner may not pick with the engine's speed path in mode ``fast``: fp8 compute unless the
+    speed path compiles it (its estimate is priced compiled; eager, its per-layer quantization kernels make it
+    slower than bf16), and it is not bf16's numbers. The engine and `lightdiff fit` share this rule."""
+    return () if fast == "auto" else (Strategy.FP8_COMPUTE,)
+
+
 def usable(strategy: Strategy, device: str, automatic: bool = False) -> bool:
     """Can ``strategy`` run on ``device`` (and, when ``automatic``, may choose pick it)?"""
     if automatic and not strategy.value.auto:

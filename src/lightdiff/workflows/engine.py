@@ -204,9 +204,7 @@ class Engine:
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
     def _not_automatic(self) -> tuple:
-        """Plans auto may not pick: fp8 compute unless the speed path compiles it (its estimate assumes
-        compiled; eager, torchao's per-layer overhead makes it slower than bf16) -- and it is not bf16's numbers."""
-        return (plans.Strategy.FP8_COMPUTE,) if self.fast != "auto" else ()
+        return plans.excluded_for(self.fast)
 
     def _attach_fast_path(self, loaded) -> None:
         attach_fast_path(loaded, self.fast)
