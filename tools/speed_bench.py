@@ -3,7 +3,7 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
 
     python tools/speed_bench.py sd15 -o rows.jsonl          # eager, compile, graph-loop, batches
     python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
-    python tools/speed_bench.py qwen -o rows.jsonl [--fp8]  # eager, attention backends, CFG batched, compiled
+    python tools/speed_bench.py qwen -o rows.jsonl          # eager, attention backends, CFG batched, compiled
     python tools/speed_bench.py qwen -o rows.jsonl --budget 24  # ... then the 24 GB plan, CFG two-call vs batched
     python tools/speed_bench.py qwen-fp8 -o rows.jsonl --budget 24 --profile p.txt  # fp8 compute compiled
 
@@ -274,29 +274,6 @@ def qwen(args, out, stamp):
     cfg_batch.disable(pipe.transformer)
     if args.budget:
         under_budget(args, out, stamp, lm, call, flops, ref, size)
-        return
-    if args.fp8:
-        # every Linear in fp8 (rows padded to 16, runtime/fp8.py); first eager, then compiled
-        import numpy as np
-
-        from lightdiff.runtime import fp8
-
-        uncompile_blocks(pipe.transformer)  # measure eager first
-        done = fp8.quantize_denoiser(pipe.transformer)
-        n = done["layers"]
-        print(f"fp8: {done}", flush=True)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        first, secs = timed(call, args.runs)
-        rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
-        row(out, "qwen-image-2512", f"fp8 compute (torchao float8, {n} linears), eager", secs, 1, flops, stamp,
-            width=size, rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done)
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        first, secs = timed(call, args.runs + 1)
-        rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
-        row(out, "qwen-image-2512", f"fp8 compute (torchao float8, {n} linears) + compile_repeated_blocks", secs[1:], 1,
-            flops, stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
-            rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done)
 
 
 def under_budget(args, out, stamp, lm, call, flops, ref, size):
@@ -339,7 +316,6 @@ def main() -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--attention", type=lambda s: [b for b in s.split(",") if b],
                    default=["_native_cudnn", "_native_flash"], help="backends to try; '' for none")
-    p.add_argument("--fp8", action="store_true")
     p.add_argument("--skip-bf16-compile", action="store_true", help="qwen-fp8: no compiled bf16 row")
     p.add_argument("--cfg-batched", action="store_true", help="qwen-fp8: then fp8 compiled with CFG batched")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file")

@@ -206,9 +206,6 @@ class Engine:
     def _not_automatic(self) -> tuple:
         return plans.excluded_for(self.fast)
 
-    def _attach_fast_path(self, loaded) -> None:
-        attach_fast_path(loaded, self.fast)
-
     # --- the OOM back-off ----------------------------------------------------------------------
 
     def _run_with_backoff(self, wf, req, r, plan, warnings, progress, cancel) -> GenerationResult:
@@ -234,7 +231,7 @@ class Engine:
 
                     set_vae_tiling(loaded, tiled)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
-                self._attach_fast_path(loaded)
+                attach_fast_path(loaded, self.fast)
                 result = wf.run(loaded, sub, progress=progress, cancel=cancel)
                 fallbacks.extend(e for e in state.events if e not in fallbacks)
                 if result.images and _all_black(result.images):
