@@ -133,6 +133,23 @@ def test_position_outcomes_are_counted_apart_for_relations_and_places(ground_tru
     assert json.loads(json.dumps(lied["results"][0].to_dict()))["position_outcome"] in ("swapped", "wrong place")
 
 
+def test_position_is_reported_per_caption_wording(ground_truth):
+    samples = ground_truth[::3]
+    texts = [caption(s.scene, lang, form) for s in samples for lang in ("en", "zh") for form in ("relation", "places")]
+    images = [s.image for s in samples for _ in range(4)]
+    honest = score_many(images, texts)["position_by_wording"]
+    assert {"relation en", "relation zh", "places en", "places zh", "place en", "place zh"} == set(honest)
+    assert all(v["percent"] == 100.0 for v in honest.values())
+    assert sum(v["n"] for v in honest.values()) == len(texts)
+    # lie only in the places wording: only those rows drop
+    lied = [caption(_lie_about_place(s.scene), lang, form) if form == "places" and s.scene.relation
+            else caption(s.scene, lang, form)
+            for s in samples for lang in ("en", "zh") for form in ("relation", "places")]
+    scored = score_many(images, lied)["position_by_wording"]
+    assert scored["places en"]["percent"] == scored["places zh"]["percent"] == 0.0
+    assert scored["relation en"]["percent"] == scored["place zh"]["percent"] == 100.0
+
+
 def test_empty_background_has_nothing_to_find():
     flat = np.zeros((128, 128, 3), np.uint8)
     flat[:] = PALETTE["yellow"]

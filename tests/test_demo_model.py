@@ -51,7 +51,7 @@ def test_spec_tokenizer_component_is_the_demo_tokenizer():
     tok = build.build_non_module(specs.get("demo").components["tokenizer"])
     caption = "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边"
     ids = tok(caption).input_ids
-    assert tok.unk_token_id not in ids and tok.model_max_length == 32
+    assert tok.unk_token_id not in ids and tok.model_max_length == demo.TEXT_ENCODER_CONFIG["max_position_embeddings"]
     assert tok.decode(ids, skip_special_tokens=True) == caption
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lightdiff.demo.scenes import (
+    CAPTION_FORMS,
     COLOURS,
     GAP,
     HELD_OUT_PAIRS,
@@ -24,6 +25,7 @@ from lightdiff.demo.scenes import (
     SceneSpec,
     absolute_position,
     caption,
+    caption_form,
     colour_distance,
     is_held_out,
     parse_caption,
@@ -123,7 +125,44 @@ def test_captions_outside_the_grammar_are_rejected_with_an_example(text):
 def test_every_caption_inverts_in_both_languages(scenes):
     for scene in scenes:
         for lang in ("en", "zh"):
-            assert parse_caption(caption(scene, lang)) == scene.spec(), caption(scene, lang)
+            for form in CAPTION_FORMS:
+                text = caption(scene, lang, form)
+                assert parse_caption(text) == scene.spec(), text
+                assert caption_form(text) == (form if scene.relation else "relation"), text
+
+
+def test_places_form_names_each_objects_place_before_it():
+    spec = SceneSpec((ObjectSpec("circle", "red", "large"), ObjectSpec("square", "blue", "small")),
+                     Background("plain", ("yellow",)), relation="right of")
+    assert caption(spec, "en", "places") == "on the right a large red circle, on the left a small blue square, on a yellow background"
+    assert caption(spec, "zh", "places") == "黄色背景上，右边有一个大的红色圆形，左边有一个小的蓝色正方形"
+    below = parse_caption("at the bottom a red circle, at the top a blue square, and a green star, on a white background")
+    assert below.relation == "below" and [o.shape for o in below.objects] == ["circle", "square", "star"]
+
+
+@pytest.mark.parametrize("text", ["on the left a red circle, on the left a blue square, on a yellow background",
+                                  "黄色背景上，左边有一个红色圆形，上方有一个蓝色正方形"])
+def test_places_that_are_not_opposite_are_rejected(text):
+    with pytest.raises(InvalidRequest) as err:
+        parse_caption(text)
+    assert err.value.field == "caption" and "opposite" in err.value.hint
+
+
+def test_places_mix_is_the_fraction_of_relations_in_the_places_form_and_zero_keeps_the_old_captions():
+    def captions(mix):
+        ds = SceneDataset(seed=3, length=300, places_mix=mix)
+        return [ds.scene_and_caption(i) for i in range(300)]
+
+    old, half, full = captions(0.0), captions(0.5), captions(1.0)
+    assert [scene for scene, _ in old] == [scene for scene, _ in half] == [scene for scene, _ in full]
+    assert all(caption(scene, "en" if text.isascii() else "zh") == text for scene, text in old)
+    related = [i for i, (scene, _) in enumerate(old) if scene.relation]
+    assert all(caption_form(full[i][1]) == "places" for i in related)
+    share = sum(caption_form(half[i][1]) == "places" for i in related) / len(related)
+    assert 0.4 < share < 0.6
+    with pytest.raises(InvalidRequest) as err:
+        SceneDataset(places_mix=1.5)
+    assert err.value.field == "places_mix"
 
 
 def test_train_split_never_shows_a_held_out_pair_and_heldout_always_does(scenes):

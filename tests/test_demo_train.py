@@ -89,14 +89,15 @@ def test_tokenizer_is_saved_and_reloads(smoke_run):
     for text in ("a large red circle left of a small blue square on a yellow background",
                  "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边", ""):
         assert reloaded(text, padding="max_length").input_ids == original(text, padding="max_length").input_ids
-    assert reloaded.model_max_length == 32
+    assert reloaded.model_max_length == original.model_max_length
 
 
 def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
     from lightdiff.demo.checker import check
-    from lightdiff.demo.scenes import caption
+    from lightdiff.demo.scenes import caption, caption_form
 
     ds = SceneDataset(seed=5, length=60, size=128)
+    forms = set()
     checked = 0
     for i in range(len(ds)):
         scene, text = ds.scene_and_caption(i)
@@ -105,14 +106,30 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
         mirrored = train.mirror_scene(scene)
         flipped = np.asarray(render(scene))[:, ::-1]
         assert np.abs(np.asarray(render(mirrored)).astype(int) - flipped).mean() < 1.0
-        mirrored_caption = caption(mirrored, train.caption_language(text))
+        mirrored_caption = caption(mirrored, train.caption_language(text), caption_form(text))
         result = check(np.ascontiguousarray(flipped), mirrored_caption)
         assert result.position_ok and result.colour_shape_ok, (text, mirrored_caption)
+        assert caption_form(mirrored_caption) == caption_form(text)
+        forms.add(caption_form(text))
         checked += 1
-    assert checked > 30
+    assert checked > 30 and forms == {"relation", "places"}
     # left and right words change, nothing else
     one = next(s for s in (ds.scene_and_caption(i)[0] for i in range(60)) if s.relation == "left of")
     assert train.mirror_scene(one).relation == "right of"
+
+
+def test_render_chunk_mirrors_each_caption_in_its_own_form_and_language():
+    from lightdiff.demo.scenes import caption_form, parse_caption
+
+    start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32))
+    assert start == 4 and images.shape == (36, 32, 32, 3) and edges.shape == (36, 32, 32) and len(mirrored) == 36
+    ds = SceneDataset(seed=6, length=40, size=32)
+    for k, (text, flipped) in enumerate(zip(captions, mirrored)):
+        scene, expected = ds.scene_and_caption(4 + k)
+        assert text == expected
+        assert parse_caption(flipped) == train.mirror_scene(scene).spec()
+        assert (caption_form(flipped), train.caption_language(flipped)) == (caption_form(text), train.caption_language(text))
+    assert {caption_form(t) for t in captions} == {"relation", "places"}
 
 
 def test_normalised_vae_latents_have_unit_variance_and_decode_the_same():

@@ -2,6 +2,7 @@
 
 import pytest
 
+from lightdiff.demo.model import MAX_TOKENS
 from lightdiff.demo.scenes import Background, ObjectSpec, SceneDataset, SceneSpec, caption
 from lightdiff.demo.vocab import build_tokenizer, count_unknown, unknown_words, vocabulary
 from lightdiff.errors import InvalidRequest
@@ -17,7 +18,7 @@ def tok():
 
 def test_special_tokens_come_first(tok):
     assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
-    assert tok.model_max_length == 32
+    assert tok.model_max_length == MAX_TOKENS == 40
     assert tok.pad_token == "[PAD]" and tok.bos_token == "<|startoftext|>" and tok.eos_token == "<|endoftext|>"
 
 
@@ -36,7 +37,7 @@ def test_every_dataset_caption_is_in_vocabulary_and_fits(tok):
     assert count_unknown(tok, captions) == 0
     ids = tok(captions).input_ids
     assert all(tok.unk_token_id not in row for row in ids)
-    assert max(len(row) for row in ids) <= 32
+    assert max(len(row) for row in ids) <= MAX_TOKENS
 
 
 def test_the_longest_caption_the_grammar_makes_fits_without_truncation(tok):
@@ -45,10 +46,10 @@ def test_the_longest_caption_the_grammar_makes_fits_without_truncation(tok):
                ObjectSpec("triangle", "purple", "large", "striped"),
                ObjectSpec("diamond", "white", "large", "dotted"))
     spec = SceneSpec(objects, Background("horizontal", ("yellow", "black")), relation="right of")
-    for lang in ("en", "zh"):
-        text = caption(spec, lang)
-        ids = tok(text, truncation=True, max_length=32).input_ids
-        assert len(tok(text).input_ids) <= 32
+    for lang, form in [(lang, form) for lang in ("en", "zh") for form in ("relation", "places")]:
+        text = caption(spec, lang, form)
+        ids = tok(text, truncation=True, max_length=MAX_TOKENS).input_ids
+        assert len(tok(text).input_ids) <= MAX_TOKENS
         assert tok.decode(ids, skip_special_tokens=True) == text
 
 
@@ -56,23 +57,23 @@ def test_called_like_stable_diffusion_calls_clips_tokenizer(tok):
     batch = tok([EN, ZH], padding="max_length", max_length=tok.model_max_length, truncation=True,
                 return_tensors="pt")
     ids, mask = batch.input_ids, batch.attention_mask
-    assert tuple(ids.shape) == (2, 32)
+    assert tuple(ids.shape) == (2, MAX_TOKENS)
     en_words = len(EN.split())
     zh_words = 13  # 黄色 背景上 ， 一个 大的 红色 圆形 在 一个 小的 蓝色 正方形 左边
     for row, m, n in zip(ids.tolist(), mask.tolist(), (en_words, zh_words)):
         assert row[0] == tok.bos_token_id and row[n + 1] == tok.eos_token_id
-        assert row[n + 2:] == [tok.pad_token_id] * (32 - n - 2)
+        assert row[n + 2:] == [tok.pad_token_id] * (MAX_TOKENS - n - 2)
         assert sum(m) == n + 2
     assert tok.batch_decode(ids, skip_special_tokens=True) == [EN, ZH]
 
 
 def test_truncation_keeps_the_end_token_and_diffusers_can_report_the_cut(tok):
     long = ", and ".join([EN] * 4)
-    truncated = tok([long], padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+    truncated = tok([long], padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
     untruncated = tok([long], padding="longest", return_tensors="pt").input_ids
-    assert truncated.shape[-1] == 32 and truncated[0, -1].item() == tok.eos_token_id
-    assert untruncated.shape[-1] > 32
-    removed = tok.batch_decode(untruncated[:, 32 - 1:-1])  # what StableDiffusionPipeline logs
+    assert truncated.shape[-1] == MAX_TOKENS and truncated[0, -1].item() == tok.eos_token_id
+    assert untruncated.shape[-1] > MAX_TOKENS
+    removed = tok.batch_decode(untruncated[:, MAX_TOKENS - 1:-1])  # what StableDiffusionPipeline logs
     assert removed[0] and long.endswith(removed[0])
 
 
@@ -89,7 +90,7 @@ def test_save_pretrained_round_trip(tok, tmp_path):
 
     tok.save_pretrained(tmp_path)
     for loaded in (PreTrainedTokenizerFast.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
-        assert loaded.model_max_length == 32 and loaded.pad_token == "[PAD]"
+        assert loaded.model_max_length == MAX_TOKENS and loaded.pad_token == "[PAD]"
         assert loaded([EN, ZH, "a cat"]).input_ids == tok([EN, ZH, "a cat"]).input_ids
         assert loaded.decode(loaded(ZH).input_ids, skip_special_tokens=True) == ZH
     assert len(vocabulary()) == len(tok)
@@ -125,7 +126,7 @@ def test_a_stable_diffusion_pipeline_encodes_prompts_with_it(tok):
                                    requires_safety_checker=False)
     embeds, negative = pipe.encode_prompt([EN, ZH], device="cpu", num_images_per_prompt=1,
                                           do_classifier_free_guidance=True, negative_prompt=["", ""])
-    assert tuple(embeds.shape) == (2, 32, 32) and tuple(negative.shape) == (2, 32, 32)
+    assert tuple(embeds.shape) == (2, MAX_TOKENS, 32) and tuple(negative.shape) == (2, MAX_TOKENS, 32)
     assert not torch.allclose(embeds[0], embeds[1])
     image = pipe(EN, num_inference_steps=2, height=32, width=32, output_type="np").images
     assert image.shape == (1, 32, 32, 3)

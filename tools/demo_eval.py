@@ -27,6 +27,9 @@ def main() -> int:
     p.add_argument("--n", type=int, default=100, help="captions per set")
     p.add_argument("--guidance", type=float, default=7.5, help="the demo model's default is 7.5")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--places-mix", type=float, default=0.5,
+                   help="share of relations worded 'on the left A, on the right B' (0 gives the sets scored "
+                        "before that caption form existed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", help="write the report here (JSON)")
     args = p.parse_args()
@@ -34,7 +37,7 @@ def main() -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from lightdiff.demo.checker import position_outcomes, score_many
+    from lightdiff.demo.checker import position_by_wording, position_outcomes, score_many
     from lightdiff.demo.scenes import SceneDataset
     from lightdiff.demo.train import TrainConfig, _generate, vae_round_trip
 
@@ -43,16 +46,18 @@ def main() -> int:
                                                    requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
     cfg = TrainConfig(out=args.folder, eval_steps=args.steps, eval_n=args.n)
-    sets, pooled = [], {"generated": [], "round_trip": []}
+    sets, pooled = [], {"generated": [], "round_trip": [], "captions": []}
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.perf_counter()
-        data = SceneDataset(seed=seed, length=args.n, size=cfg.size, split="heldout", lang_mix=0.5)
+        data = SceneDataset(seed=seed, length=args.n, size=cfg.size, split="heldout", lang_mix=0.5,
+                            places_mix=args.places_mix)
         samples = [data[i] for i in range(args.n)]
         captions = [s.caption for s in samples]
         generated = score_many(_generate(pipe, captions, cfg, args.guidance, seed=10_000), captions)
         round_trip = score_many(vae_round_trip(pipe.vae, [s.image for s in samples], device), captions)
         pooled["generated"] += generated["results"]
         pooled["round_trip"] += round_trip["results"]
+        pooled["captions"] += captions
         entry = {"seed": seed, "generated": _rounded(generated["percent"]),
                  "position_outcomes": generated["position_outcomes"],
                  "vae_round_trip": _rounded(round_trip["percent"]), "seconds": round(time.perf_counter() - t0, 1)}
@@ -63,13 +68,15 @@ def main() -> int:
               f"  {entry['seconds']} s", flush=True)
     keys = list(sets[0]["generated"])
     report = {"folder": args.folder, "n_per_set": args.n, "guidance": args.guidance, "steps": args.steps,
+              "places_mix": args.places_mix,
               "sets": sets,
               "mean": {k: round(statistics.mean(s["generated"][k] for s in sets), 2) for k in keys},
               "min": {k: min(s["generated"][k] for s in sets) for k in keys},
               "max": {k: max(s["generated"][k] for s in sets) for k in keys},
               "vae_round_trip_mean": {k: round(statistics.mean(s["vae_round_trip"][k] for s in sets), 2)
                                       for k in keys},
-              "position_outcomes": position_outcomes(pooled["generated"])}
+              "position_outcomes": position_outcomes(pooled["generated"]),
+              "position_by_wording": position_by_wording(pooled["captions"], pooled["generated"])}
     m, rt = report["mean"], report["vae_round_trip_mean"]
     print(f"mean over {len(sets)} sets of {args.n}: colour+shape {m['colour_shape']:.1f}% "
           f"(range {report['min']['colour_shape']:.1f}-{report['max']['colour_shape']:.1f}), position "
@@ -78,6 +85,8 @@ def main() -> int:
     for kind, counts in report["position_outcomes"].items():  # why positions fail: see checker.POSITION_OUTCOMES
         total = sum(counts.values()) or 1
         print(f"{kind} outcomes: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(counts.items())))
+    print("position by wording: " + ", ".join(f"{k} {v['percent']:.0f}% (n={v['n']})"
+                                              for k, v in report["position_by_wording"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

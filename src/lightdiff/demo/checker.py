@@ -37,6 +37,7 @@ from lightdiff.demo.scenes import (
     Scene,
     SceneSpec,
     absolute_position,
+    caption_form,
     lab,
     parse_caption,
     relation_between,
@@ -278,7 +279,21 @@ def score_many(images, captions, threshold: float = 16.0) -> dict:
         passed = [getattr(r, f"{name}_ok") for r in results]
         summary[name] = 100.0 * sum(passed) / len(passed) if passed else 0.0
     return {"n": len(results), "percent": summary, "position_outcomes": position_outcomes(results),
-            "results": results}
+            "position_by_wording": position_by_wording(captions, results), "results": results}
+
+
+def position_by_wording(captions, results: list[CheckResult]) -> dict:
+    """Position percent per wording of the caption: a lone object's place, or a relation in each caption
+    form (``scenes.CAPTION_FORMS``) and language, e.g. ``{"places zh": {"n": 40, "percent": 62.5}}``.
+    Captions given as scenes have no wording and are left out."""
+    groups: dict[str, list[bool]] = {}
+    for cap, r in zip(captions, results):
+        if not isinstance(cap, str):
+            continue
+        lang = "en" if cap.isascii() else "zh"
+        key = f"{caption_form(cap)} {lang}" if r.expected.relation is not None else f"place {lang}"
+        groups.setdefault(key, []).append(r.position_ok)
+    return {k: {"n": len(v), "percent": round(100.0 * sum(v) / len(v), 1)} for k, v in sorted(groups.items())}
 
 
 def position_outcomes(results: list[CheckResult]) -> dict:

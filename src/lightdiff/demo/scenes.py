@@ -32,8 +32,22 @@ Caption grammar (``NP`` is one object; ``[x]`` optional; ``|`` alternatives)::
     two    := BG，NP 在 NP 左边|右边|上方|下方
     three  := BG，NP 在 NP REL，还有 NP
 
+    The "places" form states a relation as two opposite places, each before its object (two or three
+    objects; the third is still free):
+    two_en := on the left NP, on the right NP, on BG     (or at the top / at the bottom; either order)
+    three  := on the left NP, on the right NP, and NP, on BG
+    two_zh := BG，左边有 NP，右边有 NP      three := ...，还有 NP
+
+    Why two forms: CLIP's text transformer is causal, so in "NP left of NP" the first object's tokens
+    never see the relation word, and in the Chinese form no object token does. In the places form
+    every object's tokens come after its place word. ``CAPTION_FORMS`` names them; ``SceneDataset``
+    draws the form per caption (``places_mix``), after the scene and language, so a seed's scenes and
+    languages do not depend on it.
+
     e.g. "a large red circle left of a small blue square on a yellow background"
          "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边"
+         "on the left a large red circle, on the right a small blue square, on a yellow background"
+         "黄色背景上，左边有一个大的红色圆形，右边有一个小的蓝色正方形"
 
 A vertical gradient runs from its first colour at the top to its second at the bottom; a
 horizontal one from left to right. The relation is between the first two objects; a single object
@@ -76,6 +90,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 POSITIONS = ("left", "right", "top", "bottom", "centre")
 BACKGROUND_KINDS = ("plain", "vertical", "horizontal")
 SPLITS = ("train", "heldout")
+CAPTION_FORMS = ("relation", "places")  # "NP left of NP" | "on the left NP, on the right NP"
 
 SIZE_RADIUS = {"small": (0.075, 0.09), "medium": (0.115, 0.13), "large": (0.16, 0.185)}
 # Colour x shape pairs the training split never shows (compositional generalisation test).
@@ -103,6 +118,10 @@ POSITION_EN = {"left": "on the left", "right": "on the right", "top": "at the to
 POSITION_ZH = {"left": "左边", "right": "右边", "top": "上方", "bottom": "下方", "centre": "中间"}
 RELATION_ZH = {"left of": "左边", "right of": "右边", "above": "上方", "below": "下方"}
 GRADIENT_ZH = {"vertical": "从上到下", "horizontal": "从左到右"}
+# A relation as the places of its two objects (the places caption form), and back.
+RELATION_PLACES = {"left of": ("left", "right"), "right of": ("right", "left"),
+                   "above": ("top", "bottom"), "below": ("bottom", "top")}
+PLACES_RELATION = {places: relation for relation, places in RELATION_PLACES.items()}
 
 # Every word and phrase the grammar uses (the demo tokenizer's vocabulary is built from these).
 ENGLISH_WORDS = tuple(sorted(
@@ -494,13 +513,25 @@ def _bg_zh(bg: Background) -> str:
     return f"{GRADIENT_ZH[bg.kind]}由{COLOUR_ZH[bg.colours[0]]}渐变为{COLOUR_ZH[bg.colours[1]]}的背景上"
 
 
-def caption(scene: Scene | SceneSpec, lang: str = "en") -> str:
-    """The scene in words, following the grammar in this module's docstring."""
+def caption(scene: Scene | SceneSpec, lang: str = "en", form: str = "relation") -> str:
+    """The scene in words, following the grammar in this module's docstring.
+
+    ``form`` is how a relation is worded (``CAPTION_FORMS``); a lone object's caption has one form.
+    """
+    if form not in CAPTION_FORMS:
+        raise InvalidRequest("form", f"caption form {form!r} is not one of {CAPTION_FORMS}.",
+                             "Use form='relation' or form='places'.")
     spec = scene.spec() if isinstance(scene, Scene) else scene
     objs = spec.objects
+    places = RELATION_PLACES.get(spec.relation) if form == "places" else None
     if lang == "en":
         if len(objs) == 1:
             return f"{_np_en(objs[0])} {POSITION_EN[spec.position]} on {_bg_en(spec.background)}"
+        if places:
+            text = f"{POSITION_EN[places[0]]} {_np_en(objs[0])}, {POSITION_EN[places[1]]} {_np_en(objs[1])},"
+            if len(objs) == 3:
+                text += f" and {_np_en(objs[2])},"
+            return f"{text} on {_bg_en(spec.background)}"
         text = f"{_np_en(objs[0])} {spec.relation} {_np_en(objs[1])}"
         if len(objs) == 3:
             text += f", and {_np_en(objs[2])},"
@@ -509,7 +540,10 @@ def caption(scene: Scene | SceneSpec, lang: str = "en") -> str:
         bg = _bg_zh(spec.background)
         if len(objs) == 1:
             return f"{bg}，{POSITION_ZH[spec.position]}有{_np_zh(objs[0])}"
-        text = f"{bg}，{_np_zh(objs[0])}在{_np_zh(objs[1])}{RELATION_ZH[spec.relation]}"
+        if places:
+            text = f"{bg}，{POSITION_ZH[places[0]]}有{_np_zh(objs[0])}，{POSITION_ZH[places[1]]}有{_np_zh(objs[1])}"
+        else:
+            text = f"{bg}，{_np_zh(objs[0])}在{_np_zh(objs[1])}{RELATION_ZH[spec.relation]}"
         if len(objs) == 3:
             text += f"，还有{_np_zh(objs[2])}"
         return text
@@ -542,6 +576,12 @@ _EN_MANY = re.compile(rf"^{_np_en_re('a')} (?P<rel>{_alt(RELATIONS)}) {_np_en_re
 _ZH_ONE = re.compile(rf"^{_BG_ZH}，(?P<pos>{_alt(POSITION_ZH.values())})有{_np_zh_re('a')}$")
 _ZH_MANY = re.compile(rf"^{_BG_ZH}，{_np_zh_re('a')}在{_np_zh_re('b')}(?P<rel>{_alt(RELATION_ZH.values())})"
                       rf"(?:，还有{_np_zh_re('c')})?$")
+_PLACE_EN = _alt(POSITION_EN[p] for p in ("left", "right", "top", "bottom"))
+_PLACE_ZH = _alt(POSITION_ZH[p] for p in ("left", "right", "top", "bottom"))
+_EN_PLACES = re.compile(rf"^(?P<pa>{_PLACE_EN}) {_np_en_re('a')}, (?P<pb>{_PLACE_EN}) {_np_en_re('b')},"
+                        rf"(?: and {_np_en_re('c')},)? on {_BG_EN}$")
+_ZH_PLACES = re.compile(rf"^{_BG_ZH}，(?P<pa>{_PLACE_ZH})有{_np_zh_re('a')}，(?P<pb>{_PLACE_ZH})有{_np_zh_re('b')}"
+                        rf"(?:，还有{_np_zh_re('c')})?$")
 
 
 def _normalise(text: str) -> str:
@@ -564,7 +604,8 @@ def parse_caption(text: str) -> SceneSpec:
     relation_of = {v: k for k, v in RELATION_ZH.items()} if zh else {r: r for r in RELATIONS}
     gradient_of = {v: k for k, v in GRADIENT_ZH.items()} if zh else {"vertical": "vertical", "horizontal": "horizontal"}
 
-    match = (_ZH_ONE if zh else _EN_ONE).match(norm) or (_ZH_MANY if zh else _EN_MANY).match(norm)
+    match = ((_ZH_ONE if zh else _EN_ONE).match(norm) or (_ZH_MANY if zh else _EN_MANY).match(norm)
+             or (_ZH_PLACES if zh else _EN_PLACES).match(norm))
     if match is None:
         example = ("黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边" if zh
                    else "a large red circle left of a small blue square on a yellow background")
@@ -582,7 +623,20 @@ def parse_caption(text: str) -> SceneSpec:
         background = Background(gradient_of[g["gkind"]], (colour_of[g["g1"]], colour_of[g["g2"]]))
     relation = relation_of[g["rel"]] if g.get("rel") else None
     position = place_of[g["pos"]] if g.get("pos") else None
+    if g.get("pa"):
+        places = (place_of[g["pa"]], place_of[g["pb"]])
+        if places not in PLACES_RELATION:
+            raise InvalidRequest("caption", f"caption {text!r} puts its two objects at {places[0]} and {places[1]}, "
+                                 "which are not opposite places on one axis.",
+                                 "Name opposite places: left and right, or top and bottom.")
+        relation = PLACES_RELATION[places]
     return SceneSpec(objects, background, relation, position)
+
+
+def caption_form(text: str) -> str:
+    """Which of ``CAPTION_FORMS`` a caption uses (lone-object captions count as "relation")."""
+    norm = _normalise(text)
+    return "places" if _EN_PLACES.match(norm) or _ZH_PLACES.match(norm) else "relation"
 
 
 # ---------------------------------------------------------------- dataset
@@ -590,21 +644,27 @@ def parse_caption(text: str) -> SceneSpec:
 class SceneDataset:
     """Deterministic (image, caption, scene) samples: index i of a seed is always the same sample.
 
-    ``lang_mix`` is the fraction of Chinese captions. The rng of sample i is seeded by (seed, split, i),
-    so samples are independent of the order they are read in and of ``length``.
+    ``lang_mix`` is the fraction of Chinese captions, ``places_mix`` the fraction of two- and three-object
+    captions in the places form (``CAPTION_FORMS``). The rng of sample i is seeded by (seed, split, i),
+    so samples are independent of the order they are read in and of ``length``; the form is drawn last,
+    so ``places_mix=0`` gives the captions this dataset gave before the places form existed.
     """
 
     def __init__(self, seed: int = 0, length: int = 10_000, size: int = 128, lang_mix: float = 0.5,
-                 split: str = "train"):
+                 split: str = "train", places_mix: float = 0.5):
         if split not in SPLITS:
             raise InvalidRequest("split", f"split {split!r} is not one of {SPLITS}.", "Use split='train' or 'heldout'.")
         if not 0.0 <= lang_mix <= 1.0:
             raise InvalidRequest("lang_mix", f"lang_mix {lang_mix} is not a fraction.",
                                  "Use 0 (all English) to 1 (all Chinese).")
+        if not 0.0 <= places_mix <= 1.0:
+            raise InvalidRequest("places_mix", f"places_mix {places_mix} is not a fraction.",
+                                 "Use 0 (relations as 'A left of B') to 1 (all as 'on the left A, on the right B').")
         if length < 0 or seed < 0:
             raise InvalidRequest("length" if length < 0 else "seed", f"seed {seed} and length {length} must be >= 0.",
                                  "Pass non-negative integers.")
         self.seed, self.length, self.size, self.lang_mix, self.split = seed, length, size, lang_mix, split
+        self.places_mix = places_mix
 
     def __len__(self) -> int:
         return self.length
@@ -622,7 +682,8 @@ class SceneDataset:
         rng = self._rng(self._index(index))
         scene = sample_scene(rng, self.split)
         lang = "zh" if rng.random() < self.lang_mix else "en"
-        return scene, caption(scene, lang)
+        form = "places" if rng.random() < self.places_mix else "relation"
+        return scene, caption(scene, lang, form)
 
     def __getitem__(self, index: int) -> DemoSample:
         scene, text = self.scene_and_caption(index)

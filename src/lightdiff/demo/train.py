@@ -137,7 +137,7 @@ def render_chunk(task: tuple) -> tuple:
     import numpy as np
 
     from lightdiff.demo.model import canny_edges
-    from lightdiff.demo.scenes import SceneDataset, caption, render
+    from lightdiff.demo.scenes import SceneDataset, caption, caption_form, render
 
     seed, split, start, stop, size = task
     ds = SceneDataset(seed=seed, length=stop, size=size, split=split)
@@ -150,7 +150,7 @@ def render_chunk(task: tuple) -> tuple:
         images[k] = np.asarray(render(scene, size))
         edges[k] = canny_edges(images[k])
         captions.append(text)
-        mirrored.append(caption(mirror_scene(scene), caption_language(text)))
+        mirrored.append(caption(mirror_scene(scene), caption_language(text), caption_form(text)))
     return start, images, edges, captions, mirrored
 
 
@@ -846,10 +846,12 @@ def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
         by_lang = {lang: {c: _percent([r for r, cap in zip(res, captions) if caption_language(cap) == lang], c)
                           for c in ("colour_shape", "position", "all")} for lang in ("en", "zh")}
         entry = {"percent": {k: round(v, 2) for k, v in scored["percent"].items()}, "by_language": by_lang,
-                 "seconds": round(time.perf_counter() - t0, 2)}
+                 "position_by_wording": scored["position_by_wording"],
+                 "position_outcomes": scored["position_outcomes"], "seconds": round(time.perf_counter() - t0, 2)}
         report["heldout"][str(g)] = entry
         scores = " ".join(f"{k}={v:.1f}" for k, v in entry["percent"].items())
-        print(f"eval heldout guidance={g}: {scores} ({entry['seconds']}s)", flush=True)
+        wording = " ".join(f"{k}={v['percent']:.0f}" for k, v in scored["position_by_wording"].items())
+        print(f"eval heldout guidance={g}: {scores} ({entry['seconds']}s); position by wording: {wording}", flush=True)
         key = (entry["percent"]["colour_shape"] + entry["percent"]["position"])
         if best is None or key > best[0]:
             best = (key, g, images)

@@ -8,7 +8,7 @@ phrases (longest first, so at each place the longest phrase wins) isolates them;
 splits English words and punctuation. Text is lower-cased first and "center" read as "centre".
 
 CLIP-style behaviour: ``<|startoftext|> ids <|endoftext|>``, padded with ``[PAD]`` to
-``model_max_length`` (32) and truncated so the end token survives. The decoder puts a space before
+``model_max_length`` (``lightdiff.demo.model.MAX_TOKENS``, 40) and truncated so the end token survives. The decoder puts a space before
 English words and none around Chinese phrases, so ``decode(encode(caption))`` gives the caption back.
 
 Built with ``tokenizers`` (WordLevel model) and wrapped in ``transformers.PreTrainedTokenizerFast``, so
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import re
 
+from lightdiff.demo.model import MAX_TOKENS
 from lightdiff.demo.scenes import CHINESE_PHRASES, ENGLISH_WORDS
 
 PAD, BOS, EOS, UNK = "[PAD]", "<|startoftext|>", "<|endoftext|>", "[UNK]"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
-DEFAULT_MAX_LENGTH = 32
+DEFAULT_MAX_LENGTH = MAX_TOKENS
 
 
 def vocabulary() -> dict[str, int]:
@@ -42,7 +43,7 @@ def build_tokenizer(model_max_length: int = DEFAULT_MAX_LENGTH):
 
     if model_max_length < 3:
         raise InvalidRequest("model_max_length", f"model_max_length {model_max_length} leaves no room for words.",
-                             "Use at least 3 (start, one word, end); the demo default is 32.")
+                             f"Use at least 3 (start, one word, end); the demo default is {MAX_TOKENS}.")
     vocab = vocabulary()
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # American "center" reads as the grammar's "centre", so both spellings share one trained token
