@@ -6,6 +6,8 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
     python tools/speed_bench.py qwen -o rows.jsonl          # eager, attention backends, CFG batched, compiled
     python tools/speed_bench.py qwen -o rows.jsonl --budget 24  # ... then the 24 GB plan, CFG two-call vs batched
     python tools/speed_bench.py qwen-fp8 -o rows.jsonl --budget 24 --profile p.txt  # fp8 compute compiled
+    python tools/speed_bench.py qwen-fp8 -o rows.jsonl --skip-bf16-compile --cudagraphs --budget 24  # + CUDA graphs,
+                                            # then under 24 GB with diffusers' VAE tiles against half tiles
 
 Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
 """
@@ -208,6 +210,29 @@ def qwen_fp8(args, out, stamp):
         dynamo_stats={k: int(v) for k, v in graphs.items()})
     if args.profile:
         profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
+    variant = "fp8 compute + compile_repeated_blocks"
+    if args.cudagraphs:  # the same blocks compiled with CUDA graphs: one recording per block (its own weights)
+        uncompile_blocks(pipe.transformer)
+        # each transformer call starts a new cudagraph-tree generation: cond and uncond outputs stay valid
+        mark = pipe.transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            first, secs = timed(call, args.runs + 2)  # warm-up, then recording
+            variant = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)"
+            row(out, "qwen-image-2512", variant, secs[2:], 1, flops, stamp, width=size,
+                compile_s=round(secs[0] + secs[1] - 2 * statistics.median(secs[2:]), 1),
+                rel_l2_vs_bf16=round(float(np.linalg.norm(first - ref) / np.linalg.norm(ref)), 4))
+            if args.profile:
+                profile_to(args.profile, "fp8 compute compiled with CUDA graphs, 2 steps", lambda: call(2))
+        except Exception as e:  # a result, not a crash: the rows say it failed
+            print(f"cudagraphs: {type(e).__name__}: {e}"[:600], flush=True)
+            out.write(json.dumps({"schema": 1, "kind": "speed", "status": "error", "model": "qwen-image-2512",
+                                  "variant": "fp8 compute + compile_repeated_blocks (reduce-overhead)",
+                                  "error": f"{type(e).__name__}: {e}"[:600], "env": stamp}) + "\n")
+            mark.remove()
+            uncompile_blocks(pipe.transformer)
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
     if args.cfg_batched:  # true CFG's two forwards as one of batch 2 (runtime/cfg_batch.py), compiled
         from lightdiff.runtime import cfg_batch
 
@@ -220,17 +245,37 @@ def qwen_fp8(args, out, stamp):
     if args.budget:
         torch.cuda.empty_cache()
         cap_vram(args.budget, "cuda")
-        pipe.vae.enable_tiling()  # as the planner does at 1024 under 24 GB (untiled ran out of memory there)
-        torch.cuda.reset_peak_memory_stats()
-        variant = f"fp8 compute + compile_repeated_blocks under {args.budget:g} GB"
         note = "weights, VAE and the kept embeddings on the GPU; text encoder in host RAM; VAE tiled"
-        try:
-            _, secs = timed(call, 2)
-        except torch.OutOfMemoryError as e:  # a result: say so in the rows
-            out.write(json.dumps({"schema": 1, "kind": "speed", "status": "oom", "model": "qwen-image-2512",
-                                  "variant": variant, "error": str(e)[:300], "env": stamp}) + "\n")
-            return
-        row(out, "qwen-image-2512", variant, secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget, note=note)
+        # diffusers' default tiles (256 px, stride 192: 36 tiles at 1024) against halves (size/2 + 64 px,
+        # stride size/2: 4 tiles, each pixel decoded about once)
+        for tiles, kw in (("default tiles", {}),
+                          ("half tiles", dict(tile_sample_min_height=size // 2 + 64, tile_sample_min_width=size // 2 + 64,
+                                              tile_sample_stride_height=size // 2, tile_sample_stride_width=size // 2))):
+            pipe.vae.enable_tiling(**kw)  # as the planner does at 1024 under 24 GB (untiled ran out of memory there)
+            label = f"{variant} under {args.budget:g} GB, VAE {tiles}"
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                decode_s = vae_decode_seconds(pipe, size)
+                _, secs = timed(call, 2)
+            except torch.OutOfMemoryError as e:  # a result: say so in the rows
+                out.write(json.dumps({"schema": 1, "kind": "speed", "status": "oom", "model": "qwen-image-2512",
+                                      "variant": label, "error": str(e)[:300], "env": stamp}) + "\n")
+                continue
+            row(out, "qwen-image-2512", label, secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget,
+                note=note, vae_decode_s=decode_s, vae_tiling={"sample_px": pipe.vae.tile_sample_min_height,
+                                                              "stride_px": pipe.vae.tile_sample_stride_height})
+
+
+def vae_decode_seconds(pipe, size: int, runs: int = 3) -> float:
+    """Median seconds of the VAE decode of one image's latents (as the pipeline calls it)."""
+    import torch
+
+    vae = pipe.vae
+    z = torch.randn(1, vae.config.z_dim, 1, size // 8, size // 8, device="cuda", dtype=vae.dtype)
+    with torch.no_grad():  # as in the pipeline
+        _, secs = timed(lambda: vae.decode(z, return_dict=False)[0], runs)
+    return round(statistics.median(secs), 3)
 
 
 def qwen(args, out, stamp):
@@ -318,6 +363,8 @@ def main() -> int:
                    default=["_native_cudnn", "_native_flash"], help="backends to try; '' for none")
     p.add_argument("--skip-bf16-compile", action="store_true", help="qwen-fp8: no compiled bf16 row")
     p.add_argument("--cfg-batched", action="store_true", help="qwen-fp8: then fp8 compiled with CFG batched")
+    p.add_argument("--cudagraphs", action="store_true",
+                   help="qwen-fp8: then the fp8 blocks compiled with mode='reduce-overhead' (CUDA graphs)")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file")
     p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
                                                 "planner's plan and measure CFG two-call vs batched")
