@@ -1,5 +1,6 @@
 """Training the demo model: the --smoke run end to end on the CPU, and the pieces it relies on."""
 
+import argparse
 import json
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
     from lightdiff.demo.checker import check
     from lightdiff.demo.scenes import caption, caption_form
 
-    ds = SceneDataset(seed=5, length=60, size=128)
+    ds = SceneDataset(seed=5, length=60, size=128, places_mix=0.5)
     forms = set()
     checked = 0
     for i in range(len(ds)):
@@ -121,9 +122,9 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
 def test_render_chunk_mirrors_each_caption_in_its_own_form_and_language():
     from lightdiff.demo.scenes import caption_form, parse_caption
 
-    start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32))
+    start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32, 0.5))
     assert start == 4 and images.shape == (36, 32, 32, 3) and edges.shape == (36, 32, 32) and len(mirrored) == 36
-    ds = SceneDataset(seed=6, length=40, size=32)
+    ds = SceneDataset(seed=6, length=40, size=32, places_mix=0.5)
     for k, (text, flipped) in enumerate(zip(captions, mirrored)):
         scene, expected = ds.scene_and_caption(4 + k)
         assert text == expected
@@ -306,6 +307,21 @@ def test_bad_split_is_refused_before_any_work(split, init, wrong, tmp_path, caps
     assert main(args) == 2
     err = capsys.readouterr().err
     assert repr(split) in err and wrong in err and not (tmp_path / "out").exists()
+
+
+def test_places_mix_reaches_the_render_workers_and_a_bad_one_is_refused(tmp_path, capsys):
+    from lightdiff.cli import main
+    from lightdiff.demo.scenes import caption_form
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    cfg = train.config_from_args(parser.parse_args(["--out", str(tmp_path), "--places-mix", "0.25"]))
+    assert cfg.places_mix == 0.25
+    assert train.TrainConfig(out=str(tmp_path)).places_mix == 0.0  # the default trains "A left of B" alone
+    captions = train.render_chunk((6, "train", 0, 30, 32, 0.0))[3]
+    assert {caption_form(t) for t in captions} == {"relation"}
+    assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--places-mix", "1.5"]) == 2
+    assert "--places-mix 1.5" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_init_that_is_not_a_trained_folder_is_refused(tmp_path, capsys):

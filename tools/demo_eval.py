@@ -27,9 +27,9 @@ def main() -> int:
     p.add_argument("--n", type=int, default=100, help="captions per set")
     p.add_argument("--guidance", type=float, default=7.5, help="the demo model's default is 7.5")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--places-mix", type=float, default=0.5,
-                   help="share of relations worded 'on the left A, on the right B' (0 gives the sets scored "
-                        "before that caption form existed)")
+    p.add_argument("--places-mix", type=float, default=0.0,
+                   help="share of relations worded 'on the left A, on the right B' (0, the default, gives the "
+                        "sets scored before that caption form existed)")
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--out", help="write the report here (JSON)")
     args = p.parse_args()
@@ -76,7 +76,9 @@ def main() -> int:
               "vae_round_trip_mean": {k: round(statistics.mean(s["vae_round_trip"][k] for s in sets), 2)
                                       for k in keys},
               "position_outcomes": position_outcomes(pooled["generated"]),
-              "position_by_wording": position_by_wording(pooled["captions"], pooled["generated"])}
+              "position_by_wording": position_by_wording(pooled["captions"], pooled["generated"]),
+              "per_image": [{"caption": c, "position_outcome": r.position_outcome, "colour_shape_ok": r.colour_shape_ok}
+                            for c, r in zip(pooled["captions"], pooled["generated"])]}
     m, rt = report["mean"], report["vae_round_trip_mean"]
     print(f"mean over {len(sets)} sets of {args.n}: colour+shape {m['colour_shape']:.1f}% "
           f"(range {report['min']['colour_shape']:.1f}-{report['max']['colour_shape']:.1f}), position "

@@ -61,6 +61,9 @@ class TrainConfig:
     size: int = 128
     workers: int = 0  # 0: one per CPU core but two (the training process needs one), at most 15
     chunk: int = 500  # scenes per render task
+    # share of relations captioned in the places form ("on the left A, on the right B"). 0, the shipped
+    # weights' data: two fresh runs at 0.5 (2026-11-27) placed objects no better in either form (docs/demo)
+    places_mix: float = 0.0
     split: tuple[float, float, float] = (0.30, 0.62, 0.08)  # VAE / UNet+text / ControlNet share of --minutes
     vae_batch: int = 32  # whole images
     vae_crop: int | None = None  # None: whole images, so the VAE learns the image border too
@@ -139,8 +142,8 @@ def render_chunk(task: tuple) -> tuple:
     from lightdiff.demo.model import canny_edges
     from lightdiff.demo.scenes import SceneDataset, caption, caption_form, render
 
-    seed, split, start, stop, size = task
-    ds = SceneDataset(seed=seed, length=stop, size=size, split=split)
+    seed, split, start, stop, size, places_mix = task
+    ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix)
     n = stop - start
     images = np.empty((n, size, size, 3), np.uint8)
     edges = np.empty((n, size, size), np.uint8)
@@ -178,7 +181,7 @@ class SceneRenderer:
         self.ready = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s) for a in range(0, n, cfg.chunk)]
+        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s, cfg.places_mix) for a in range(0, n, cfg.chunk)]
         workers = cfg.workers or max(1, min(15, (os.cpu_count() or 3) - 2))
         self.pool = None
         if workers > 1:
@@ -825,7 +828,8 @@ def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
-    heldout = SceneDataset(seed=cfg.seed, length=cfg.eval_n, size=cfg.size, split="heldout", lang_mix=0.5)
+    heldout = SceneDataset(seed=cfg.seed, length=cfg.eval_n, size=cfg.size, split="heldout", lang_mix=0.5,
+                           places_mix=cfg.places_mix)
     samples = [heldout[i] for i in range(cfg.eval_n)]
     captions = [s.caption for s in samples]
     reference = score_many([s.image for s in samples], captions)["percent"]
@@ -863,7 +867,8 @@ def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
     grid([s.image for s in samples[:32]]).save(out / "samples_heldout_reference.png")
 
     # in-distribution captions (train split, indices past the training set): is held-out harder?
-    seen = SceneDataset(seed=cfg.seed, length=cfg.scenes + cfg.eval_n, size=cfg.size, split="train")
+    seen = SceneDataset(seed=cfg.seed, length=cfg.scenes + cfg.eval_n, size=cfg.size, split="train",
+                        places_mix=cfg.places_mix)
     seen_caps = [seen.scene_and_caption(cfg.scenes + i)[1] for i in range(cfg.eval_n)]
     seen_scores = score_many(_generate(pipe, seen_caps, cfg, best[1], seed=20_000), seen_caps)["percent"]
     report["train_split"] = {k: round(v, 2) for k, v in seen_scores.items()}
@@ -1131,6 +1136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
     p.add_argument("--vae-batch", type=int, default=None, help="VAE phase batch of whole images (default 32)")
     p.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder peak learning rate (default 5e-4)")
+    p.add_argument("--places-mix", type=float, default=None,
+                   help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
     p.add_argument("--init", help="continue from an earlier run's output folder: its VAE encoder (the latent space) "
                                   "is kept; a non-zero first --split share fine-tunes the decoder alone")
@@ -1163,7 +1170,8 @@ def config_from_args(args) -> TrainConfig:
     chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
-                                 "unet_lr": args.unet_lr, "compile": args.compile}.items() if v is not None}
+                                 "unet_lr": args.unet_lr, "compile": args.compile,
+                                 "places_mix": args.places_mix}.items() if v is not None}
     if args.init and not all((Path(args.init) / part / "config.json").is_file()
                              for part in ("vae", "unet", "text_encoder")):
         from lightdiff.errors import InvalidRequest
@@ -1171,6 +1179,11 @@ def config_from_args(args) -> TrainConfig:
         raise InvalidRequest("init", f"--init {args.init!r} is not a folder written by train-demo "
                                      "(it needs vae/, unet/ and text_encoder/ with their config.json).",
                              "Point it at an earlier run's --out folder, e.g. src/lightdiff/data/demo.")
+    if args.places_mix is not None and not 0.0 <= args.places_mix <= 1.0:
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("places_mix", f"--places-mix {args.places_mix} is not a fraction.",
+                             "Use 0 (relations as 'A left of B', the default) to 1 (all 'on the left A, ...').")
     if args.split:
         chosen["split"] = parse_split(args.split, bool(args.init))
     if args.fp32:
