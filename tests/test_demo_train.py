@@ -218,6 +218,42 @@ def test_a_failing_compile_falls_back_to_eager_and_says_so(capsys):
     assert "training on in eager mode" in capsys.readouterr().out
 
 
+def test_cuda_graph_mode_marks_each_step_and_copies_out_what_outlives_it(monkeypatch, tmp_path, capsys):
+    """reduce-overhead replays reuse output memory: the logged loss must be a copy, each step a new one."""
+    from lightdiff.cli import main
+
+    seen, marks, produced = {}, [], []
+
+    def fake_compile(fn, **kw):  # CUDA graphs need a GPU; check the wiring around them here
+        seen.update(kw)
+
+        def run(*args):
+            out = fn(*args)
+            produced.append(out[0])
+            return out
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    components, _ = _tiny_inputs()
+    cpu = torch.device("cpu")
+    cfg = train.TrainConfig.smoke_preset("unused", compile=True, compile_mode="reduce-overhead")
+    vae = components["vae"]
+    stepper = train.Stepper("vae", train.vae_loss_fn(vae, cfg, cpu), cfg, cpu)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    losses = [stepper(list(vae.parameters()), x)[0] for _ in range(2)]
+    assert seen["mode"] == "reduce-overhead" and len(marks) == 2 and stepper.info()["mode"] == "reduce-overhead"
+    assert all(a is not b and torch.equal(a, b.detach()) for a, b in zip(losses, produced))
+    assert not losses[0].requires_grad and vae.decoder.conv_out.weight.grad is not None
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = ["--out", str(tmp_path), "--compile", "--compile-mode", "reduce-overhead"]
+    assert train.config_from_args(parser.parse_args(args)).compile_mode == "reduce-overhead"
+    assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--compile-mode", "reduce-overhead"]) == 2
+    assert "needs --compile" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_decoder_only_vae_loss_leaves_the_encoder_untouched():
     components, _ = _tiny_inputs()
     cpu = torch.device("cpu")

@@ -28,7 +28,8 @@ Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; 
 on the H100 (2026-11-26) the first compiled steps took 81.5 s (VAE) and 117 s (UNet) of an 8-minute run and
 the learning-rate schedule, which follows the clock, had decayed by then; compiled steps ran 1.35x faster
 than eager UNet steps, which does not pay back within a 10-minute run. If compiling fails, the phase goes on
-in eager mode and says so.
+in eager mode and says so. ``--compile-mode reduce-overhead`` adds CUDA graphs over the compiled forward and
+backward (the eager UNet step is launch-bound); written for the next GPU run, not yet measured.
 Every phase ends with a checkpoint on disk, so a run killed later still leaves a usable part.
 Losses go to DIR/losses.jsonl and DIR/losses.png. Importing this module does not import torch.
 """
@@ -96,6 +97,10 @@ class TrainConfig:
     bf16: bool | None = None  # bf16 autocast; None: on CUDA only
     compile: bool = False  # torch.compile the VAE and UNet loss functions (see the module docstring)
     compile_backend: str = "inductor"  # "aot_eager" traces without generating code (CPU checks)
+    # torch.compile's mode for the compiled loss functions: None (default) or "reduce-overhead" (CUDA graphs
+    # over forward and backward: the eager step is launch-bound, 10 steps/s at batch 256 on an H100). Not yet
+    # measured in a training run (docs/next-gpu-runs.md).
+    compile_mode: str | None = None
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -491,36 +496,49 @@ class Stepper:
 
         self.name, self.eager = name, loss_fn
         self.compiled = cfg.compiling(device)
-        self.fn = torch.compile(loss_fn, backend=cfg.compile_backend, dynamic=False) if self.compiled else loss_fn
+        self.fn = (torch.compile(loss_fn, backend=cfg.compile_backend, dynamic=False, mode=cfg.compile_mode)
+                   if self.compiled else loss_fn)
+        # CUDA graphs reuse their output memory at the next replay: each step is marked as a new one, and what
+        # outlives the step (the logged loss and extras) is copied out
+        self.graphed = self.compiled and cfg.compile_mode == "reduce-overhead"
         self.first_step_s: float | None = None
         self.error: str | None = None
 
     def __call__(self, params, *args):
         """loss_fn(*args) -> (loss, extras); backward; returns the same."""
         if self.first_step_s is not None:
-            out = self.fn(*args)
-            out[0].backward()
-            return out
+            return self._step(*args)
         t0 = time.perf_counter()
         try:
-            out = self.fn(*args)
-            out[0].backward()
+            out = self._step(*args)
         except Exception as e:  # noqa: BLE001 - compile failures: go on in eager mode, say so
             if self.fn is self.eager:
                 raise
             traceback.print_exc()
             print(f"{self.name}: torch.compile failed ({e!r}); training on in eager mode", flush=True)
-            self.error, self.fn, self.compiled = repr(e), self.eager, False
+            self.error, self.fn, self.compiled, self.graphed = repr(e), self.eager, False, False
             for p in params:
                 p.grad = None
-            out = self.fn(*args)
-            out[0].backward()
+            out = self._step(*args)
         self.first_step_s = time.perf_counter() - t0
         print(f"{self.name}: first step (compile={self.compiled}) took {self.first_step_s:.1f}s", flush=True)
         return out
 
+    def _step(self, *args):
+        import torch
+
+        if self.graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self.fn(*args)
+        out[0].backward()
+        if self.graphed:
+            out = tuple(o.detach().clone() for o in out)
+        return out
+
     def info(self) -> dict:
         out = {"compiled": self.compiled, "first_step_seconds": round(self.first_step_s or 0.0, 1)}
+        if self.graphed:
+            out["mode"] = "reduce-overhead"
         if self.error:
             out["compile_error"] = self.error
         return out
@@ -1136,6 +1154,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
     p.add_argument("--vae-batch", type=int, default=None, help="VAE phase batch of whole images (default 32)")
     p.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder peak learning rate (default 5e-4)")
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default=None,
+                   help="with --compile: torch.compile's mode; reduce-overhead adds CUDA graphs (not yet measured "
+                        "in a training run)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1172,6 +1193,13 @@ def config_from_args(args) -> TrainConfig:
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
                                  "places_mix": args.places_mix}.items() if v is not None}
+    if args.compile_mode is not None:
+        if not args.compile:
+            from lightdiff.errors import InvalidRequest
+
+            raise InvalidRequest("compile_mode", f"--compile-mode {args.compile_mode} needs --compile.",
+                                 "Add --compile, or drop --compile-mode.")
+        chosen["compile_mode"] = None if args.compile_mode == "default" else args.compile_mode
     if args.init and not all((Path(args.init) / part / "config.json").is_file()
                              for part in ("vae", "unet", "text_encoder")):
         from lightdiff.errors import InvalidRequest
