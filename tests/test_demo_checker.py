@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lightdiff.demo.checker import check, detect, score_many
-from lightdiff.demo.scenes import COLOURS, PALETTE, SceneDataset, caption, render
+from lightdiff.demo.scenes import COLOURS, PALETTE, SceneDataset, caption, caption_language, render
 from lightdiff.errors import InvalidRequest
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
@@ -66,7 +66,7 @@ def _lie_about_place(scene):
 def test_a_wrong_caption_scores_low_on_what_it_got_wrong(ground_truth, lie, criterion):
     samples = ground_truth[::4]
     honest = score_many([s.image for s in samples], [s.caption for s in samples])["percent"]
-    lang = ["zh" if any("\u4e00" <= ch <= "\u9fff" for ch in s.caption) else "en" for s in samples]
+    lang = [caption_language(s.caption) for s in samples]
     wrong = [caption(lie(s.scene), lg) for s, lg in zip(samples, lang)]
     lied = score_many([s.image for s in samples], wrong)["percent"]
     assert honest[criterion] >= 98.0

@@ -95,7 +95,7 @@ def test_tokenizer_is_saved_and_reloads(smoke_run):
 
 def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
     from lightdiff.demo.checker import check
-    from lightdiff.demo.scenes import caption, caption_form
+    from lightdiff.demo.scenes import caption, caption_form, caption_language
 
     ds = SceneDataset(seed=5, length=60, size=128, places_mix=0.5)
     forms = set()
@@ -107,7 +107,7 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
         mirrored = train.mirror_scene(scene)
         flipped = np.asarray(render(scene))[:, ::-1]
         assert np.abs(np.asarray(render(mirrored)).astype(int) - flipped).mean() < 1.0
-        mirrored_caption = caption(mirrored, train.caption_language(text), caption_form(text))
+        mirrored_caption = caption(mirrored, caption_language(text), caption_form(text))
         result = check(np.ascontiguousarray(flipped), mirrored_caption)
         assert result.position_ok and result.colour_shape_ok, (text, mirrored_caption)
         assert caption_form(mirrored_caption) == caption_form(text)
@@ -120,7 +120,7 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
 
 
 def test_render_chunk_mirrors_each_caption_in_its_own_form_and_language():
-    from lightdiff.demo.scenes import caption_form, parse_caption
+    from lightdiff.demo.scenes import caption_form, caption_language, parse_caption
 
     start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32, 0.5))
     assert start == 4 and images.shape == (36, 32, 32, 3) and edges.shape == (36, 32, 32) and len(mirrored) == 36
@@ -129,7 +129,7 @@ def test_render_chunk_mirrors_each_caption_in_its_own_form_and_language():
         scene, expected = ds.scene_and_caption(4 + k)
         assert text == expected
         assert parse_caption(flipped) == train.mirror_scene(scene).spec()
-        assert (caption_form(flipped), train.caption_language(flipped)) == (caption_form(text), train.caption_language(text))
+        assert (caption_form(flipped), caption_language(flipped)) == (caption_form(text), caption_language(text))
     assert {caption_form(t) for t in captions} == {"relation", "places"}
 
 

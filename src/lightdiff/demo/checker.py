@@ -38,6 +38,7 @@ from lightdiff.demo.scenes import (
     SceneSpec,
     absolute_position,
     caption_form,
+    caption_language,
     lab,
     parse_caption,
     relation_between,
@@ -290,7 +291,7 @@ def position_by_wording(captions, results: list[CheckResult]) -> dict:
     for cap, r in zip(captions, results):
         if not isinstance(cap, str):
             continue
-        lang = "en" if cap.isascii() else "zh"
+        lang = caption_language(cap)
         key = f"{caption_form(cap)} {lang}" if r.expected.relation is not None else f"place {lang}"
         groups.setdefault(key, []).append(r.position_ok)
     return {k: {"n": len(v), "percent": round(100.0 * sum(v) / len(v), 1)} for k, v in sorted(groups.items())}

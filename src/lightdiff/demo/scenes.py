@@ -589,7 +589,7 @@ _ZH_PLACES = re.compile(rf"^{_BG_ZH}，(?P<pa>{_PLACE_ZH})有{_np_zh_re('a')}，
 def _normalise(text: str) -> str:
     text = " ".join(text.strip().lower().split()).rstrip(".。")
     text = text.replace("center", "centre").replace(" ,", ",")
-    if re.search(r"[\u4e00-\u9fff]", text):
+    if caption_language(text) == "zh":
         text = text.replace(" ", "").replace(",", "，")
     return text
 
@@ -597,7 +597,7 @@ def _normalise(text: str) -> str:
 def parse_caption(text: str) -> SceneSpec:
     """Invert ``caption`` for either language: the objects, relation/position and background it names."""
     norm = _normalise(text)
-    zh = bool(re.search(r"[\u4e00-\u9fff]", norm))
+    zh = caption_language(norm) == "zh"
     colour_of = {v: k for k, v in COLOUR_ZH.items()} if zh else {c: c for c in COLOURS}
     shape_of = {v: k for k, v in SHAPE_ZH.items()} if zh else {s: s for s in SHAPES}
     size_of = {"小的": "small", "大的": "large"} if zh else {"small": "small", "large": "large"}
@@ -633,6 +633,11 @@ def parse_caption(text: str) -> SceneSpec:
                                  "Name opposite places: left and right, or top and bottom.")
         relation = PLACES_RELATION[places]
     return SceneSpec(objects, background, relation, position)
+
+
+def caption_language(text: str) -> str:
+    """"zh" for a caption with Chinese characters, else "en"."""
+    return "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
 
 
 def caption_form(text: str) -> str:

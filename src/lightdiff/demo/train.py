@@ -136,16 +136,12 @@ def mirror_scene(scene):
                    relation=swap.get(scene.relation, scene.relation), position=swap.get(scene.position, scene.position))
 
 
-def caption_language(text: str) -> str:
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
-
-
 def render_chunk(task: tuple) -> tuple:
     """Worker: scenes [start, stop) of a split -> images, canny edges, captions, mirrored captions."""
     import numpy as np
 
     from lightdiff.demo.model import canny_edges
-    from lightdiff.demo.scenes import SceneDataset, caption, caption_form, render
+    from lightdiff.demo.scenes import SceneDataset, caption, caption_form, caption_language, render
 
     seed, split, start, stop, size, places_mix = task
     ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix)
@@ -840,7 +836,7 @@ def evaluate(cfg: TrainConfig, out: Path, device) -> dict:
 
     from lightdiff.demo.checker import CRITERIA, score_many
     from lightdiff.demo.model import canny_edges
-    from lightdiff.demo.scenes import SceneDataset
+    from lightdiff.demo.scenes import SceneDataset, caption_language
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(str(out), torch_dtype=dtype, safety_checker=None,
