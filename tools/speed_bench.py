@@ -48,6 +48,20 @@ def pixels(images):
     return np.stack([np.asarray(im, dtype=np.float32) for im in images])
 
 
+def rel_l2(image, reference) -> float:
+    """Relative L2 distance of an image (array) to the reference run's, rounded as the rows report it."""
+    import numpy as np
+
+    return round(float(np.linalg.norm(image - reference) / np.linalg.norm(reference)), 4)
+
+
+def failed_row(out, status: str, model: str, variant: str, error, stamp) -> None:
+    """A run that failed (``status`` "oom" or "error") is a result: its row says so."""
+    out.write(json.dumps({"schema": 1, "kind": "speed", "status": status, "model": model, "variant": variant,
+                          "error": str(error)[:600], "env": stamp}) + "\n")
+    out.flush()
+
+
 def row(out, model, variant, secs, batch, flops, stamp, **extra):
     import torch
 
@@ -170,7 +184,6 @@ def profile_to(path, label, fn) -> None:
 def qwen_fp8(args, out, stamp):
     """fp8 compute (runtime/fp8.py) compiled, against bf16 eager and compiled in this
     process; a profile of 2 steps eager in each dtype; then the fp8 run with the allocator capped."""
-    import numpy as np
     import torch
 
     from lightdiff.runtime import fp8
@@ -202,11 +215,10 @@ def qwen_fp8(args, out, stamp):
     torch._dynamo.utils.counters.clear()
     torch.cuda.reset_peak_memory_stats()
     first, secs = timed(call, args.runs + 1)
-    rel = float(np.linalg.norm(first - ref) / np.linalg.norm(ref))
     graphs = dict(torch._dynamo.utils.counters["stats"])
     row(out, "qwen-image-2512", f"fp8 compute ({done['layers']} linears) + compile_repeated_blocks", secs[1:], 1,
         flops, stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1), quantize_s=quantize_s,
-        rel_l2_vs_bf16=round(rel, 4), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done,
+        rel_l2_vs_bf16=rel_l2(first, ref), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done,
         dynamo_stats={k: int(v) for k, v in graphs.items()})
     if args.profile:
         profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
@@ -222,14 +234,13 @@ def qwen_fp8(args, out, stamp):
             variant = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)"
             row(out, "qwen-image-2512", variant, secs[2:], 1, flops, stamp, width=size,
                 compile_s=round(secs[0] + secs[1] - 2 * statistics.median(secs[2:]), 1),
-                rel_l2_vs_bf16=round(float(np.linalg.norm(first - ref) / np.linalg.norm(ref)), 4))
+                rel_l2_vs_bf16=rel_l2(first, ref))
             if args.profile:
                 profile_to(args.profile, "fp8 compute compiled with CUDA graphs, 2 steps", lambda: call(2))
         except Exception as e:  # a result, not a crash: the rows say it failed
             print(f"cudagraphs: {type(e).__name__}: {e}"[:600], flush=True)
-            out.write(json.dumps({"schema": 1, "kind": "speed", "status": "error", "model": "qwen-image-2512",
-                                  "variant": "fp8 compute + compile_repeated_blocks (reduce-overhead)",
-                                  "error": f"{type(e).__name__}: {e}"[:600], "env": stamp}) + "\n")
+            failed_row(out, "error", "qwen-image-2512", "fp8 compute + compile_repeated_blocks (reduce-overhead)",
+                       f"{type(e).__name__}: {e}", stamp)
             mark.remove()
             uncompile_blocks(pipe.transformer)
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
@@ -240,7 +251,7 @@ def qwen_fp8(args, out, stamp):
         first, secs = timed(call, args.runs + 1)  # the first run recompiles the blocks for batch 2
         row(out, "qwen-image-2512", "fp8 compute + compile_repeated_blocks + cfg batched", secs[1:], 1, flops, stamp,
             width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1), batched_steps=hook.batched_steps,
-            rel_l2_vs_bf16=round(float(np.linalg.norm(first - ref) / np.linalg.norm(ref)), 4))
+            rel_l2_vs_bf16=rel_l2(first, ref))
         cfg_batch.disable(pipe.transformer)
     if args.budget:
         torch.cuda.empty_cache()
@@ -259,8 +270,7 @@ def qwen_fp8(args, out, stamp):
                 decode_s = vae_decode_seconds(pipe, size)
                 _, secs = timed(call, 2)
             except torch.OutOfMemoryError as e:  # a result: say so in the rows
-                out.write(json.dumps({"schema": 1, "kind": "speed", "status": "oom", "model": "qwen-image-2512",
-                                      "variant": label, "error": str(e)[:300], "env": stamp}) + "\n")
+                failed_row(out, "oom", "qwen-image-2512", label, e, stamp)
                 continue
             row(out, "qwen-image-2512", label, secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget,
                 note=note, vae_decode_s=decode_s, vae_tiling={"sample_px": pipe.vae.tile_sample_min_height,
