@@ -329,6 +329,20 @@ def test_controlnet_only_continued_run_keeps_the_txt2img_weights(smoke_run, tmp_
     assert any(not torch.equal(cn_before[k], cn_after[k]) for k in cn_before)
 
 
+def test_continuing_the_shipped_weights_keeps_their_text_encoder_length(tmp_path):
+    """The shipped text encoder has 32 positions (MAX_TOKENS is now 40): a continued run tokenizes to 32."""
+    import json
+
+    from lightdiff.runtime.loader import demo_weights_dir
+
+    out = tmp_path / "continued"
+    cfg = train.TrainConfig.smoke_preset(str(out), init=str(demo_weights_dir()), split=(0.0, 1.0, 0.0))
+    summary = train.run(cfg, argv=["--out", str(out), "--smoke"])
+    assert summary["phases"]["unet"]["steps"] > 0 and not summary["errors"]
+    assert json.loads((out / "tokenizer/tokenizer_config.json").read_text())["model_max_length"] == 32
+    assert json.loads((out / "text_encoder/config.json").read_text())["max_position_embeddings"] == 32
+
+
 @pytest.mark.parametrize("split, init, wrong", [("0,0", False, "three non-negative"), ("a,b,c", False, "three"),
                                                  ("0.3,-1,0.1", False, "non-negative"), ("0,0,0", True, "positive sum"),
                                                  ("0,1,0", False, "no VAE or no UNet")])

@@ -48,6 +48,8 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lightdiff.demo.graphstep import EagerStep, GraphedStep, make_adamw, set_lr
+
 BARS = {"colour_shape": 80.0, "position": 60.0}  # percent on held-out captions, for the shipped model
 
 
@@ -101,6 +103,9 @@ class TrainConfig:
     # over forward and backward: the eager step is launch-bound, 10 steps/s at batch 256 on an H100). Not yet
     # measured in a training run (docs/next-gpu-runs.md).
     compile_mode: str | None = None
+    # each phase's whole training step (forward, backward, clipping, AdamW) captured as one CUDA graph and
+    # replayed (lightdiff.demo.graphstep); CUDA only
+    cuda_graph: bool = False
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -117,6 +122,9 @@ class TrainConfig:
 
     def compiling(self, device) -> bool:
         return bool(self.compile)
+
+    def graphing(self, device) -> bool:
+        return bool(self.cuda_graph) and device.type == "cuda"
 
 
 # ---------------------------------------------------------------- data
@@ -540,6 +548,18 @@ class Stepper:
         return out
 
 
+def training_step(name: str, loss_fn, params, lr: float, weight_decay: float, cfg: TrainConfig, device,
+                  compile_allowed: bool = True):
+    """A phase's AdamW and its step function, step(*batch) -> loss_fn's outputs: one CUDA graph per step
+    with ``cfg.cuda_graph`` on CUDA, else eager (or torch.compile'd with ``cfg.compile``)."""
+    graphed = cfg.graphing(device)
+    opt = make_adamw(params, lr, (0.9, 0.99), weight_decay, graphed, device)
+    stepper = Stepper(name, loss_fn, replace(cfg, compile=cfg.compile and compile_allowed), device)
+    if graphed:
+        return opt, GraphedStep(name, stepper.fn, params, opt, eager_fn=loss_fn)
+    return opt, EagerStep(stepper, params, opt)
+
+
 def noise_tables(noise_scheduler, device, snr_gamma: float = 5.0) -> dict:
     """Per-timestep tensors on the device: sqrt(alpha_bar), sqrt(1 - alpha_bar) and the min-SNR weight
     for epsilon prediction (so a step needs no scheduler call and no host sync)."""
@@ -600,8 +620,7 @@ def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     params = [p for p in vae.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    stepper = Stepper("vae", vae_loss_fn(vae, cfg, device, decoder_only), cfg, device)
+    opt, step = training_step("vae", vae_loss_fn(vae, cfg, device, decoder_only), params, cfg.vae_lr, 0.0, cfg, device)
     phase, meter = Phase("vae", deadline, cfg.max_steps), LossMeter(log, "vae", cfg.log_every)
     crop = min(cfg.vae_crop or cfg.size, cfg.size)
     rng = random.Random(cfg.seed)
@@ -614,24 +633,20 @@ def train_vae(cfg: TrainConfig, vae, data: DeviceImages, renderer: SceneRenderer
             time.sleep(0.05)
             continue
         lr = lr_at(cfg.vae_lr, phase.step, phase.frac, cfg.vae_warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         idx = torch.randint(0, available, (cfg.vae_batch,), device=device)
         batch = data.images[idx]
         if rng.random() < 0.5:  # a Python coin: no host sync
             batch = batch.flip(2)
         oy, ox = rng.randint(0, cfg.size - crop), rng.randint(0, cfg.size - crop)
         x = to_model_input(batch, crop if crop < cfg.size else None, (oy, ox))
-        loss, l1 = stepper(params, x)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss, l1 = step(x)
         phase.step += 1
         meter.add(phase.step, loss, l1=l1, lr=lr, scenes_ready=available)
     meter.flush(phase.step, l1=l1, lr=lr, scenes_ready=data.copied)
     vae.requires_grad_(True)
     vae.eval()
-    phase.info = stepper.info()
+    phase.info = step.info()
     return phase
 
 
@@ -689,12 +704,10 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
     import torch
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    # foreach AdamW (the CUDA default), not fused: a handful of kernels for 8M parameters, and proven with
-    # the channels_last conv weights in earlier runs
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
-    ema = EMA(params, cfg.ema_decay)
     tables = noise_tables(noise_scheduler, device)
-    stepper = Stepper("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device), cfg, device)
+    opt, step = training_step("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device), params, cfg.unet_lr,
+                              0.01, cfg, device)
+    ema = EMA(params, cfg.ema_decay)
     num_t = noise_scheduler.config.num_train_timesteps
     phase, meter = Phase("unet", deadline, cfg.max_steps), LossMeter(log, "unet", cfg.log_every)
     unet.train()
@@ -705,8 +718,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
             store.data.renderer.check()
             store.update()
         lr = lr_at(cfg.unet_lr, phase.step, phase.frac, cfg.unet_warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         idx = store.sample(cfg.unet_batch)
         z0 = store.latents[idx].float()
         ids = store.tokens[idx]
@@ -714,10 +726,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
         ids = torch.where(drop[:, None], empty_ids[None], ids)
         t = torch.randint(0, num_t, (len(ids),), device=device)
         noise = torch.randn_like(z0)
-        (loss,) = stepper(params, z0, ids, t, noise)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        (loss,) = step(z0, ids, t, noise)
         ema.step()
         phase.step += 1
         meter.add(phase.step, loss, lr=lr, scenes=store.count)
@@ -725,7 +734,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
     ema.copy_to()  # ship the averaged weights
     unet.eval()
     text_encoder.eval()
-    phase.info = stepper.info()
+    phase.info = step.info()
     return phase
 
 
@@ -733,14 +742,14 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
 
 def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: LatentStore, empty_ids, edges,
                      noise_scheduler, deadline: float, log: Log, device):
-    """Eager on purpose: the phase is short, and compiling it would cost most of it."""
+    """Never compiled: the phase is short, and compiling it would cost most of it (a CUDA graph costs seconds)."""
     import torch
 
     for m in (unet, text_encoder):
         m.requires_grad_(False)
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.cn_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    autocast = bf16_autocast(cfg, device)
     tables = noise_tables(noise_scheduler, device)
+    opt, step = training_step("controlnet", controlnet_loss_fn(controlnet, unet, text_encoder, tables, cfg, device),
+                              list(controlnet.parameters()), cfg.cn_lr, 0.0, cfg, device, compile_allowed=False)
     cap = store.capacity
     phase, meter = Phase("controlnet", deadline, cfg.max_steps), LossMeter(log, "controlnet", cfg.log_every)
     controlnet.train()
@@ -749,8 +758,7 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: La
         if phase.step % cfg.refresh_every == 0:
             store.update()
         lr = lr_at(cfg.cn_lr, phase.step, phase.frac, cfg.cn_warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr)
         idx = store.sample(cfg.cn_batch)
         mirrored = idx >= cap
         edge = edges[idx % cap].float().div_(255.0)
@@ -761,23 +769,31 @@ def train_controlnet(cfg: TrainConfig, controlnet, unet, text_encoder, store: La
                           empty_ids[None], store.tokens[idx])
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), device=device)
         noise = torch.randn_like(z0)
+        (loss,) = step(z0, ids, t, noise, cond)
+        phase.step += 1
+        meter.add(phase.step, loss, lr=lr)
+    meter.flush(phase.step, lr=lr)
+    controlnet.eval()
+    phase.info = step.info()
+    return phase
+
+
+def controlnet_loss_fn(controlnet, unet, text_encoder, tables: dict, cfg: TrainConfig, device):
+    """loss(z0, ids, t, noise, cond) -> (loss,): epsilon MSE through the frozen UNet with the ControlNet's
+    residuals; the text encoder runs without gradients."""
+    import torch
+
+    def loss_fn(z0, ids, t, noise, cond):
         zt = add_noise(tables, z0, noise, t)
-        with autocast:
+        with bf16_autocast(cfg, device):
             with torch.no_grad():
                 context = text_encoder(ids)[0]
             down, mid = controlnet(zt, t, encoder_hidden_states=context, controlnet_cond=cond, return_dict=False)
             pred = unet(zt, t, context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample.float()
-        loss = (pred - noise).pow(2).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        phase.step += 1
-        meter.add(phase.step, loss, lr=lr)
-    meter.flush(phase.step, lr=lr)
-    controlnet.eval()
-    return phase
+        return ((pred - noise).pow(2).mean(),)
+
+    return loss_fn
 
 
 # ---------------------------------------------------------------- eval
@@ -1011,7 +1027,8 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     if stats is not None:
         summary["phases"]["vae"]["latent_stats_before_folding"] = stats
 
-    tokenizer = build_tokenizer(demo.MAX_TOKENS)
+    # as many positions as the text encoder has: weights trained before MAX_TOKENS grew keep their 32
+    tokenizer = build_tokenizer(components["text_encoder"].config.max_position_embeddings)
     store = LatentStore(cfg, vae, data, tokenizer, device)
     store.update()
     empty_ids = tokenize(tokenizer, [""], device)[0]
@@ -1048,7 +1065,8 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
         half_copy(controlnet, cfg.fp16).save_pretrained(out / "controlnet", safe_serialization=True)
         print(f"saved the ControlNet to {out / 'controlnet'} at t={time.perf_counter() - t_start:.1f}s", flush=True)
         summary["phases"]["controlnet"] = {"steps": p3.step, "seconds": round(p3.seconds(), 1),
-                                           "final_loss": log.final("controlnet"), "batch": cfg.cn_batch}
+                                           "final_loss": log.final("controlnet"), "batch": cfg.cn_batch,
+                                           **p3.info}
         del controlnet
     except Exception as e:  # noqa: BLE001 - recorded in summary.json and printed with its traceback
         traceback.print_exc()
@@ -1153,6 +1171,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default=None,
                    help="with --compile: torch.compile's mode; reduce-overhead adds CUDA graphs (not yet measured "
                         "in a training run)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture each phase's training step (forward, backward, clipping, AdamW) as one CUDA graph "
+                        "and replay it: seconds to capture, no compiling (CUDA only)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1196,6 +1217,17 @@ def config_from_args(args) -> TrainConfig:
             raise InvalidRequest("compile_mode", f"--compile-mode {args.compile_mode} needs --compile.",
                                  "Add --compile, or drop --compile-mode.")
         chosen["compile_mode"] = None if args.compile_mode == "default" else args.compile_mode
+    if args.cuda_graph:
+        from lightdiff.errors import InvalidRequest
+
+        if args.compile_mode == "reduce-overhead":
+            raise InvalidRequest("cuda_graph", "--cuda-graph and --compile-mode reduce-overhead both capture CUDA graphs.",
+                                 "Use one: --cuda-graph (the whole step; may be combined with --compile) or "
+                                 "--compile --compile-mode reduce-overhead.")
+        if args.smoke or (args.device or "cuda").startswith("cpu"):
+            raise InvalidRequest("cuda_graph", "--cuda-graph needs a CUDA device; this run trains on the CPU.",
+                                 "Drop --cuda-graph, or train with --device cuda.")
+        chosen["cuda_graph"] = True
     if args.init and not all((Path(args.init) / part / "config.json").is_file()
                              for part in ("vae", "unet", "text_encoder")):
         from lightdiff.errors import InvalidRequest
