@@ -343,6 +343,26 @@ def test_continuing_the_shipped_weights_keeps_their_text_encoder_length(tmp_path
     assert json.loads((out / "text_encoder/config.json").read_text())["max_position_embeddings"] == 32
 
 
+def test_an_echo_run_saves_an_echo_tokenizer_and_a_continued_run_keeps_it(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lightdiff.demo.vocab import echoes
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    assert train.config_from_args(parser.parse_args(["--out", "x", "--echo"])).echo
+    assert not train.config_from_args(parser.parse_args(["--out", "x"])).echo
+    first, second = tmp_path / "echo", tmp_path / "continued"
+    summary = train.run(train.TrainConfig.smoke_preset(str(first), echo=True), argv=["--out", str(first)])
+    assert summary["echo"] and not summary["errors"] and "eval" in summary  # the eval generated through it
+    assert echoes(AutoTokenizer.from_pretrained(first / "tokenizer"))
+    assert json.loads((first / "text_encoder/config.json").read_text())["max_position_embeddings"] == \
+        demo.ECHO_MAX_TOKENS
+    cfg = train.TrainConfig.smoke_preset(str(second), init=str(first), split=(0.0, 1.0, 0.0))  # echo not asked
+    assert train.run(cfg, argv=["--out", str(second)])["echo"]
+    assert echoes(AutoTokenizer.from_pretrained(second / "tokenizer"))
+
+
 @pytest.mark.parametrize("split, init, wrong", [("0,0", False, "three non-negative"), ("a,b,c", False, "three"),
                                                  ("0.3,-1,0.1", False, "non-negative"), ("0,0,0", True, "positive sum"),
                                                  ("0,1,0", False, "no VAE or no UNet")])

@@ -130,3 +130,68 @@ def test_a_stable_diffusion_pipeline_encodes_prompts_with_it(tok):
     assert not torch.allclose(embeds[0], embeds[1])
     image = pipe(EN, num_inference_steps=2, height=32, width=32, output_type="np").images
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_echo_tokenizer_writes_the_caption_twice_and_survives_a_save(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lightdiff.demo.model import ECHO_MAX_TOKENS
+    from lightdiff.demo.vocab import echo_prompt_limit, echoes
+
+    echo, plain = build_tokenizer(ECHO_MAX_TOKENS, echo=True), build_tokenizer()
+    words = plain(EN, add_special_tokens=False).input_ids
+    ids = echo(EN, padding="max_length", max_length=ECHO_MAX_TOKENS).input_ids
+    n = len(words)
+    assert ids[:2 * n + 3] == [echo.bos_token_id, *words, echo.eos_token_id, *words, echo.eos_token_id]
+    assert ids[2 * n + 3:] == [echo.pad_token_id] * (ECHO_MAX_TOKENS - 2 * n - 3)
+    assert echoes(echo) and not echoes(plain)
+    echo.save_pretrained(tmp_path)
+    assert echoes(AutoTokenizer.from_pretrained(tmp_path))
+    # the demo's longest caption (35 tokens) fits twice; the limit is what the plain tokenizer holds
+    assert echo_prompt_limit(ECHO_MAX_TOKENS) == MAX_TOKENS - 2 >= 35
+    with pytest.raises(InvalidRequest):
+        build_tokenizer(4, echo=True)
+
+
+def test_in_the_echo_copy_the_first_object_knows_the_relation():
+    """Why echo exists: CLIP's text transformer is causal, so the first object's tokens cannot see "left of"
+    after them; the same tokens in the second copy can."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lightdiff.demo import model as demo
+
+    tok = build_tokenizer(demo.ECHO_MAX_TOKENS, echo=True)
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(**{**demo.TEXT_ENCODER_CONFIG,
+                                              "max_position_embeddings": demo.ECHO_MAX_TOKENS})).eval()
+    captions = ["a red circle left of a blue square", "a red circle right of a blue square"]
+    ids = tok(captions, padding="max_length", max_length=demo.ECHO_MAX_TOKENS, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = encoder(ids).last_hidden_state
+    n = len(tok(captions[0], add_special_tokens=False).input_ids)
+    first_copy, second_copy = slice(1, 4), slice(n + 2, n + 5)  # "a red circle" in each copy
+    assert torch.equal(states[0, first_copy], states[1, first_copy])
+    assert (states[0, second_copy] - states[1, second_copy]).abs().max() > 1e-3
+
+
+def test_a_prompt_too_long_for_an_echo_model_is_refused_not_cut():
+    """A plain CLIP tokenizer cuts a long prompt and the workflow warns; an echo tokenizer cannot cut (the copies
+    would differ), so the workflow refuses with the limit and the fix."""
+    from types import SimpleNamespace
+
+    from lightdiff.demo.model import ECHO_MAX_TOKENS
+    from lightdiff.workflows.base import prompt_length_warning
+    from lightdiff.workflows.txt2img import prompt_token_limit
+
+    long_prompt = " ".join([EN] * 5)
+    sd15 = SimpleNamespace(family="sd15")
+    plain = SimpleNamespace(tokenizer=build_tokenizer())
+    assert prompt_token_limit(plain, sd15) == MAX_TOKENS - 2
+    assert "were ignored" in prompt_length_warning(plain, long_prompt, prompt_token_limit(plain, sd15))
+    echo = SimpleNamespace(tokenizer=build_tokenizer(ECHO_MAX_TOKENS, echo=True))
+    limit = prompt_token_limit(echo, sd15)
+    assert limit == MAX_TOKENS - 2 and prompt_length_warning(echo, EN, limit) is None
+    with pytest.raises(InvalidRequest) as err:
+        prompt_length_warning(echo, long_prompt, limit)
+    assert err.value.field == "prompt" and f"at most {limit}" in str(err.value) and "Shorten" in err.value.hint

@@ -39,6 +39,8 @@ LATENT_FACTOR = 4
 MAX_TOKENS = 40  # the demo tokenizer's model_max_length and the text encoder's positions
 # (the longest caption, three objects in the places form with every optional word, is 35 tokens;
 # the weights shipped before the places form have 32 in their own configs)
+# an echo text encoder (``train-demo --echo``, lightdiff.demo.vocab) reads the same 38 prompt tokens twice
+ECHO_MAX_TOKENS = 2 * (MAX_TOKENS - 2) + 3
 VOCAB_SIZE = 83  # len(lightdiff.demo.vocab.vocabulary()); a test checks the two agree
 
 UNET_CONFIG = {
@@ -95,12 +97,24 @@ def spec():
     return specs.get("demo")
 
 
-def build_components(seed: int = 0) -> dict:
-    """Every pipeline component, fp32 on the CPU, randomly initialised (deterministic by seed)."""
+def build_components(seed: int = 0, echo: bool = False) -> dict:
+    """Every pipeline component, fp32 on the CPU, randomly initialised (deterministic by seed). With ``echo``
+    the tokenizer writes each caption twice and the text encoder has ``ECHO_MAX_TOKENS`` positions."""
     from lightdiff.runtime import build
 
     # build_twin is the spec's plain "construct every component from its config" path
-    return build.build_twin(spec(), seed=seed)
+    components = build.build_twin(spec(), seed=seed)
+    if echo:
+        import torch
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from lightdiff.demo.vocab import build_tokenizer
+
+        torch.manual_seed(seed)
+        config = CLIPTextConfig(**{**TEXT_ENCODER_CONFIG, "max_position_embeddings": ECHO_MAX_TOKENS})
+        components["text_encoder"] = CLIPTextModel(config)
+        components["tokenizer"] = build_tokenizer(ECHO_MAX_TOKENS, echo=True)
+    return components
 
 
 def build_controlnet(unet):

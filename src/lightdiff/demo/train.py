@@ -106,6 +106,9 @@ class TrainConfig:
     # each phase's whole training step (forward, backward, clipping, AdamW) captured as one CUDA graph and
     # replayed (lightdiff.demo.graphstep); CUDA only
     cuda_graph: bool = False
+    # captions written twice for the text encoder, so every token of the second copy has read the whole caption
+    # (lightdiff.demo.vocab); a continued run (--init) keeps its folder's tokenizer, echo or not
+    echo: bool = False
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -981,7 +984,7 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     from transformers.utils import logging as transformers_logging
 
     from lightdiff.demo import model as demo
-    from lightdiff.demo.vocab import build_tokenizer
+    from lightdiff.demo.vocab import build_tokenizer, echoes
 
     # a readable log: no per-save dtype notes, no shard or component progress bars
     diffusers_logging.set_verbosity_error()
@@ -996,10 +999,12 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     summary: dict = {"command": shlex.join([sys.executable, *(argv if argv is not None else sys.argv)]),
                      "config": asdict(cfg), "seed": cfg.seed, "phases": {}, "errors": {}}
 
-    components = demo.build_components(seed=cfg.seed)
+    components = demo.build_components(seed=cfg.seed, echo=cfg.echo)
     if cfg.init:
         components.update(load_trained(cfg.init))
         summary["init"] = cfg.init
+    echo = echoes(components["tokenizer"])
+    summary["echo"] = echo
     vae = components["vae"].to(device).to(memory_format=torch.channels_last)
     data = DeviceImages(renderer, device)
 
@@ -1028,7 +1033,7 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
         summary["phases"]["vae"]["latent_stats_before_folding"] = stats
 
     # as many positions as the text encoder has: weights trained before MAX_TOKENS grew keep their 32
-    tokenizer = build_tokenizer(components["text_encoder"].config.max_position_embeddings)
+    tokenizer = build_tokenizer(components["text_encoder"].config.max_position_embeddings, echo=echo)
     store = LatentStore(cfg, vae, data, tokenizer, device)
     store.update()
     empty_ids = tokenize(tokenizer, [""], device)[0]
@@ -1115,6 +1120,10 @@ def load_trained(folder: str) -> dict:
     out = {"vae": AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32),
            "unet": UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=torch.float32),
            "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)}
+    if (root / "tokenizer").is_dir():  # only read for its echo setting; the run builds its own from the code
+        from transformers import AutoTokenizer
+
+        out["tokenizer"] = AutoTokenizer.from_pretrained(root / "tokenizer")
     if (root / "controlnet").is_dir():
         out["controlnet"] = ControlNetModel.from_pretrained(root / "controlnet", torch_dtype=torch.float32)
     return out
@@ -1174,6 +1183,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture each phase's training step (forward, backward, clipping, AdamW) as one CUDA graph "
                         "and replay it: seconds to capture, no compiling (CUDA only)")
+    p.add_argument("--echo", action="store_true",
+                   help="a new model's tokenizer writes each caption twice, so the causal text encoder's second copy "
+                        "has read the whole caption (relations bind to their objects); --init keeps its folder's")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1209,7 +1221,7 @@ def config_from_args(args) -> TrainConfig:
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
-                                 "places_mix": args.places_mix}.items() if v is not None}
+                                 "places_mix": args.places_mix, "echo": args.echo or None}.items() if v is not None}
     if args.compile_mode is not None:
         if not args.compile:
             from lightdiff.errors import InvalidRequest

@@ -11,6 +11,13 @@ CLIP-style behaviour: ``<|startoftext|> ids <|endoftext|>``, padded with ``[PAD]
 ``model_max_length`` (``lightdiff.demo.model.MAX_TOKENS``, 40) and truncated so the end token survives. The decoder puts a space before
 English words and none around Chinese phrases, so ``decode(encode(caption))`` gives the caption back.
 
+Echo (``echo=True``): ``<|startoftext|> ids <|endoftext|> ids <|endoftext|>``, the caption twice. CLIP's text
+transformer is causal, so in "a red circle left of a blue square" the first object's tokens never see the
+relation; in the second copy every token has read the whole caption once, which a bidirectional encoder would
+give (the "echo embeddings" trick for causal language models). An echo tokenizer cannot truncate: tokenizers
+truncates before its post-processor doubles the ids, so prompts longer than ``echo_prompt_limit`` are refused
+by the workflows (``lightdiff.workflows.base``) instead of cut.
+
 Built with ``tokenizers`` (WordLevel model) and wrapped in ``transformers.PreTrainedTokenizerFast``, so
 diffusers pipelines call it as they call CLIP's tokenizer, and ``save_pretrained`` /
 ``PreTrainedTokenizerFast.from_pretrained(folder)`` round-trip it. Both are imported lazily.
@@ -34,16 +41,34 @@ def vocabulary() -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
-def build_tokenizer(model_max_length: int = DEFAULT_MAX_LENGTH):
-    """A ``transformers.PreTrainedTokenizerFast`` for demo captions in English and Chinese."""
+def echo_prompt_limit(model_max_length: int) -> int:
+    """Prompt tokens an echo tokenizer of ``model_max_length`` holds: two copies plus three special tokens."""
+    return (model_max_length - 3) // 2
+
+
+def echoes(tokenizer) -> bool:
+    """Whether ``tokenizer`` (any ``PreTrainedTokenizerFast``) writes the caption twice (``echo=True``)."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.post_processor is None:
+        return False
+    processor = json.loads(backend.to_str()).get("post_processor") or {}
+    return sum("Sequence" in piece for piece in processor.get("single", [])) > 1
+
+
+def build_tokenizer(model_max_length: int = DEFAULT_MAX_LENGTH, echo: bool = False):
+    """A ``transformers.PreTrainedTokenizerFast`` for demo captions in English and Chinese; with ``echo`` every
+    caption is written twice (see the module docstring)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     from lightdiff.errors import InvalidRequest
 
-    if model_max_length < 3:
+    if model_max_length < (5 if echo else 3):
         raise InvalidRequest("model_max_length", f"model_max_length {model_max_length} leaves no room for words.",
-                             f"Use at least 3 (start, one word, end); the demo default is {MAX_TOKENS}.")
+                             f"Use at least {5 if echo else 3} (start, one word, end{', the word again, end' if echo else ''}); "
+                             f"the demo default is {MAX_TOKENS}.")
     vocab = vocabulary()
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # American "center" reads as the grammar's "centre", so both spellings share one trained token
@@ -54,7 +79,7 @@ def build_tokenizer(model_max_length: int = DEFAULT_MAX_LENGTH):
         pre_tokenizers.Whitespace(),
     ])
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
+        single=f"{BOS} $A {EOS} $A {EOS}" if echo else f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
         special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])],
     )
     # a space before each English word or special token, none around Chinese phrases or punctuation

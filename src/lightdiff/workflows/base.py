@@ -190,6 +190,11 @@ def prompt_length_warning(pipe, prompt: str, limit: int) -> str | None:
     n = len(tok(prompt, add_special_tokens=False, truncation=False)["input_ids"])
     if n <= limit:
         return None
+    from lightdiff.demo.vocab import echoes
+
+    if echoes(tok):  # the caption goes in twice: a cut would leave the two copies unequal, so refuse instead
+        raise InvalidRequest("prompt", f"The prompt is {n} tokens; this model reads at most {limit}.",
+                             "Shorten the prompt (the demo model's captions are at most 35 tokens).")
     return (f"The prompt is {n} tokens; the text encoder reads {limit}. "
             f"The last {n - limit} tokens were ignored: shorten the prompt or move key words to the front.")
 

@@ -41,6 +41,10 @@ def set_scheduler(pipe, loaded, name: str) -> None:
 
 def prompt_token_limit(pipe, spec) -> int:
     if spec.family == "sd15":
+        from lightdiff.demo.vocab import echo_prompt_limit, echoes
+
+        if echoes(pipe.tokenizer):  # a demo model that reads its caption twice
+            return echo_prompt_limit(pipe.tokenizer.model_max_length)
         return pipe.tokenizer.model_max_length - 2  # BOS and EOS take two of CLIP's 77 places
     return spec.defaults.max_prompt_tokens
 
