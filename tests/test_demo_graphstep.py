@@ -23,7 +23,11 @@ def test_cuda_graph_option_is_checked_before_anything_runs(tmp_path, capsys):
 
     assert _parse("--cuda-graph").cuda_graph is True
     assert _parse("--cuda-graph", "--compile").compile is True  # inductor kernels inside the captured step
-    assert _parse().cuda_graph is False
+    assert _parse("--no-cuda-graph").cuda_graph is False
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _parse().graphing(cuda) and not _parse().graphing(cpu)  # the default: on where CUDA is
+    assert not _parse("--no-cuda-graph").graphing(cuda)
+    assert not _parse("--compile", "--compile-mode", "reduce-overhead").graphing(cuda)  # its own CUDA graphs
     for args, says in ((["--smoke"], "needs a CUDA device"), (["--device", "cpu"], "needs a CUDA device"),
                        (["--compile", "--compile-mode", "reduce-overhead"], "both capture CUDA graphs")):
         out = tmp_path / "out"

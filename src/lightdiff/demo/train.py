@@ -28,8 +28,14 @@ Steps (``--minutes`` is the wall-clock budget from start to the end of phase 3; 
 on the H100 (2026-11-26) the first compiled steps took 81.5 s (VAE) and 117 s (UNet) of an 8-minute run and
 the learning-rate schedule, which follows the clock, had decayed by then; compiled steps ran 1.35x faster
 than eager UNet steps, which does not pay back within a 10-minute run. If compiling fails, the phase goes on
-in eager mode and says so. ``--compile-mode reduce-overhead`` adds CUDA graphs over the compiled forward and
-backward (the eager UNet step is launch-bound); written for the next GPU run, not yet measured.
+in eager mode and says so. ``--compile-mode reduce-overhead`` adds torch.compile's CUDA graphs over the compiled
+forward and backward (never measured in a training run).
+
+On CUDA each phase's whole step (forward, backward, clipping, AdamW) is captured once as a CUDA graph and replayed
+(``lightdiff.demo.graphstep``; ``--no-cuda-graph`` turns it off): a few seconds to capture instead of minutes to
+compile. On the H100 (2026-11-27) the UNet ran 15-16.6 steps/s at batch 256 in 10-minute runs against 10 eager
+(2026-11-27, earlier session), the VAE 24.6 against about 18.6; at batch 512 the step is bound by the GPU
+(about 7 steps/s either way), at 128 it reaches 25.
 Every phase ends with a checkpoint on disk, so a run killed later still leaves a usable part.
 Losses go to DIR/losses.jsonl and DIR/losses.png. Importing this module does not import torch.
 """
@@ -104,8 +110,9 @@ class TrainConfig:
     # measured in a training run (docs/next-gpu-runs.md).
     compile_mode: str | None = None
     # each phase's whole training step (forward, backward, clipping, AdamW) captured as one CUDA graph and
-    # replayed (lightdiff.demo.graphstep); CUDA only
-    cuda_graph: bool = False
+    # replayed (lightdiff.demo.graphstep). None: on with CUDA (H100, 2026-11-27: UNet 15-16.6 steps/s at batch
+    # 256 against 10 eager; docs/demo), off on the CPU and under --compile-mode reduce-overhead
+    cuda_graph: bool | None = None
     # captions written twice for the text encoder, so every token of the second copy has read the whole caption
     # (lightdiff.demo.vocab); a continued run (--init) keeps its folder's tokenizer, echo or not
     echo: bool = False
@@ -127,7 +134,8 @@ class TrainConfig:
         return bool(self.compile)
 
     def graphing(self, device) -> bool:
-        return bool(self.cuda_graph) and device.type == "cuda"
+        wanted = self.cuda_graph if self.cuda_graph is not None else self.compile_mode != "reduce-overhead"
+        return wanted and device.type == "cuda"
 
 
 # ---------------------------------------------------------------- data
@@ -1180,9 +1188,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", choices=["default", "reduce-overhead"], default=None,
                    help="with --compile: torch.compile's mode; reduce-overhead adds CUDA graphs (not yet measured "
                         "in a training run)")
-    p.add_argument("--cuda-graph", action="store_true",
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture each phase's training step (forward, backward, clipping, AdamW) as one CUDA graph "
-                        "and replay it: seconds to capture, no compiling (CUDA only)")
+                        "and replay it: seconds to capture, no compiling (default: on with CUDA)")
     p.add_argument("--echo", action="store_true",
                    help="a new model's tokenizer writes each caption twice, so the causal text encoder's second copy "
                         "has read the whole caption (relations bind to their objects); --init keeps its folder's")
@@ -1229,6 +1237,8 @@ def config_from_args(args) -> TrainConfig:
             raise InvalidRequest("compile_mode", f"--compile-mode {args.compile_mode} needs --compile.",
                                  "Add --compile, or drop --compile-mode.")
         chosen["compile_mode"] = None if args.compile_mode == "default" else args.compile_mode
+    if args.cuda_graph is False:
+        chosen["cuda_graph"] = False
     if args.cuda_graph:
         from lightdiff.errors import InvalidRequest
 
