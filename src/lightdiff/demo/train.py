@@ -33,9 +33,10 @@ forward and backward (never measured in a training run).
 
 On CUDA each phase's whole step (forward, backward, clipping, AdamW) is captured once as a CUDA graph and replayed
 (``lightdiff.demo.graphstep``; ``--no-cuda-graph`` turns it off): a few seconds to capture instead of minutes to
-compile. On the H100 (2026-11-27) the UNet ran 15-16.6 steps/s at batch 256 in 10-minute runs against 10 eager
-(2026-11-27, earlier session), the VAE 24.6 against about 18.6; at batch 512 the step is bound by the GPU
-(about 7 steps/s either way), at 128 it reaches 25.
+compile. Median logged rates on the H100 in 10-minute runs (2026-11-27; the eager runs are from earlier sessions
+on the same card type, docs/demo/attempts): UNet at batch 256 17.4 steps/s against 10.5 eager, the VAE 30 against
+25-28, the ControlNet 18 against 12.5. At batch 512 the step is bound by the GPU (about 7 steps/s either way); at
+128 it reaches 25.
 Every phase ends with a checkpoint on disk, so a run killed later still leaves a usable part.
 Losses go to DIR/losses.jsonl and DIR/losses.png. Importing this module does not import torch.
 """
@@ -110,8 +111,8 @@ class TrainConfig:
     # measured in a training run (docs/next-gpu-runs.md).
     compile_mode: str | None = None
     # each phase's whole training step (forward, backward, clipping, AdamW) captured as one CUDA graph and
-    # replayed (lightdiff.demo.graphstep). None: on with CUDA (H100, 2026-11-27: UNet 15-16.6 steps/s at batch
-    # 256 against 10 eager; docs/demo), off on the CPU and under --compile-mode reduce-overhead
+    # replayed (lightdiff.demo.graphstep). None: on with CUDA (H100, 2026-11-27: UNet 17.4 steps/s at batch
+    # 256 against 10.5 eager; docs/demo), off on the CPU and under --compile-mode reduce-overhead
     cuda_graph: bool | None = None
     # captions written twice for the text encoder, so every token of the second copy has read the whole caption
     # (lightdiff.demo.vocab); a continued run (--init) keeps its folder's tokenizer, echo or not
