@@ -39,7 +39,7 @@ def test_demo_is_an_sd15_model_at_128_pixels():
 def test_vocabulary_and_positions_match_the_tokenizer():
     from lightdiff.demo.vocab import build_tokenizer
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(demo.ECHO_MAX_TOKENS, echo=True)  # the spec's (and the shipped weights') tokenizer
     text = demo.TEXT_ENCODER_CONFIG
     assert text["vocab_size"] == len(tok)
     assert text["max_position_embeddings"] == tok.model_max_length
@@ -52,7 +52,9 @@ def test_spec_tokenizer_component_is_the_demo_tokenizer():
     caption = "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边"
     ids = tok(caption).input_ids
     assert tok.unk_token_id not in ids and tok.model_max_length == demo.TEXT_ENCODER_CONFIG["max_position_embeddings"]
-    assert tok.decode(ids, skip_special_tokens=True) == caption
+    words = ids[1:ids.index(tok.eos_token_id)]
+    assert ids == [tok.bos_token_id, *words, tok.eos_token_id, *words, tok.eos_token_id]  # echo: written twice
+    assert tok.decode(words) == caption
 
 
 def test_weight_files_fit_the_size_caps():

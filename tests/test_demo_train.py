@@ -86,7 +86,7 @@ def test_tokenizer_is_saved_and_reloads(smoke_run):
 
     out, _ = smoke_run
     reloaded = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    original = build_tokenizer()
+    original = build_tokenizer(demo.ECHO_MAX_TOKENS, echo=True)  # the smoke run's default, as the shipped
     for text in ("a large red circle left of a small blue square on a yellow background",
                  "黄色背景上，一个大的红色圆形在一个小的蓝色正方形左边", ""):
         assert reloaded(text, padding="max_length").input_ids == original(text, padding="max_length").input_ids
@@ -329,18 +329,24 @@ def test_controlnet_only_continued_run_keeps_the_txt2img_weights(smoke_run, tmp_
     assert any(not torch.equal(cn_before[k], cn_after[k]) for k in cn_before)
 
 
-def test_continuing_the_shipped_weights_keeps_their_text_encoder_length(tmp_path):
-    """The shipped text encoder has 32 positions (MAX_TOKENS is now 40): a continued run tokenizes to 32."""
-    import json
+def test_continuing_the_shipped_weights_keeps_their_text_encoder_and_tokenizer(tmp_path):
+    """A continued run tokenizes as its folder's text encoder reads: its positions and its echo, whatever the
+    code's defaults (--init of the 32-position weights failed once MAX_TOKENS became 40)."""
+    from transformers import AutoTokenizer
 
+    from lightdiff.demo.vocab import echoes
     from lightdiff.runtime.loader import demo_weights_dir
 
+    shipped = demo_weights_dir()
+    positions = json.loads((shipped / "text_encoder/config.json").read_text())["max_position_embeddings"]
     out = tmp_path / "continued"
-    cfg = train.TrainConfig.smoke_preset(str(out), init=str(demo_weights_dir()), split=(0.0, 1.0, 0.0))
+    cfg = train.TrainConfig.smoke_preset(str(out), init=str(shipped), split=(0.0, 1.0, 0.0), echo=False)
     summary = train.run(cfg, argv=["--out", str(out), "--smoke"])
     assert summary["phases"]["unet"]["steps"] > 0 and not summary["errors"]
-    assert json.loads((out / "tokenizer/tokenizer_config.json").read_text())["model_max_length"] == 32
-    assert json.loads((out / "text_encoder/config.json").read_text())["max_position_embeddings"] == 32
+    assert json.loads((out / "tokenizer/tokenizer_config.json").read_text())["model_max_length"] == positions
+    assert json.loads((out / "text_encoder/config.json").read_text())["max_position_embeddings"] == positions
+    assert echoes(AutoTokenizer.from_pretrained(out / "tokenizer")) == echoes(
+        AutoTokenizer.from_pretrained(shipped / "tokenizer"))
 
 
 def test_an_echo_run_saves_an_echo_tokenizer_and_a_continued_run_keeps_it(tmp_path):
@@ -350,15 +356,15 @@ def test_an_echo_run_saves_an_echo_tokenizer_and_a_continued_run_keeps_it(tmp_pa
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    assert train.config_from_args(parser.parse_args(["--out", "x", "--echo"])).echo
-    assert not train.config_from_args(parser.parse_args(["--out", "x"])).echo
+    assert train.config_from_args(parser.parse_args(["--out", "x"])).echo
+    assert not train.config_from_args(parser.parse_args(["--out", "x", "--no-echo"])).echo
     first, second = tmp_path / "echo", tmp_path / "continued"
-    summary = train.run(train.TrainConfig.smoke_preset(str(first), echo=True), argv=["--out", str(first)])
+    summary = train.run(train.TrainConfig.smoke_preset(str(first)), argv=["--out", str(first)])  # echo: default
     assert summary["echo"] and not summary["errors"] and "eval" in summary  # the eval generated through it
     assert echoes(AutoTokenizer.from_pretrained(first / "tokenizer"))
     assert json.loads((first / "text_encoder/config.json").read_text())["max_position_embeddings"] == \
         demo.ECHO_MAX_TOKENS
-    cfg = train.TrainConfig.smoke_preset(str(second), init=str(first), split=(0.0, 1.0, 0.0))  # echo not asked
+    cfg = train.TrainConfig.smoke_preset(str(second), init=str(first), split=(0.0, 1.0, 0.0), echo=False)  # the folder's wins
     assert train.run(cfg, argv=["--out", str(second)])["echo"]
     assert echoes(AutoTokenizer.from_pretrained(second / "tokenizer"))
 

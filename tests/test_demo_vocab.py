@@ -169,7 +169,8 @@ def test_in_the_echo_copy_the_first_object_knows_the_relation():
     ids = tok(captions, padding="max_length", max_length=demo.ECHO_MAX_TOKENS, return_tensors="pt").input_ids
     with torch.no_grad():
         states = encoder(ids).last_hidden_state
-    n = len(tok(captions[0], add_special_tokens=False).input_ids)
+    n = len(build_tokenizer()(captions[0], add_special_tokens=False).input_ids)
+    assert ids[0, n + 1].item() == tok.eos_token_id and ids[0, 2 * n + 2].item() == tok.eos_token_id
     first_copy, second_copy = slice(1, 4), slice(n + 2, n + 5)  # "a red circle" in each copy
     assert torch.equal(states[0, first_copy], states[1, first_copy])
     assert (states[0, second_copy] - states[1, second_copy]).abs().max() > 1e-3
@@ -192,6 +193,10 @@ def test_a_prompt_too_long_for_an_echo_model_is_refused_not_cut():
     echo = SimpleNamespace(tokenizer=build_tokenizer(ECHO_MAX_TOKENS, echo=True))
     limit = prompt_token_limit(echo, sd15)
     assert limit == MAX_TOKENS - 2 and prompt_length_warning(echo, EN, limit) is None
+    exactly = " ".join(["red"] * limit)  # one copy at the limit passes, one word more is refused
+    assert prompt_length_warning(echo, exactly, limit) is None
+    with pytest.raises(InvalidRequest):
+        prompt_length_warning(echo, exactly + " red", limit)
     with pytest.raises(InvalidRequest) as err:
         prompt_length_warning(echo, long_prompt, limit)
     assert err.value.field == "prompt" and f"at most {limit}" in str(err.value) and "Shorten" in err.value.hint

@@ -13,19 +13,21 @@ workflow and memory plan runs it unchanged; only the sizes are small. 128x128 na
 - UNet: channels 64/128/128 at 32/16/8 latent pixels, one resnet per block, self- and
   cross-attention (4 heads of 32) at 16x16 and 8x8 only, cross_attention_dim 128. Epsilon
   prediction on SD1.5's scaled-linear schedule.
-- Text encoder: CLIP text transformer, 6 layers of width 128, 32 positions, vocabulary of the demo
+- Text encoder: CLIP text transformer, 6 layers of width 128, 79 positions (the caption goes in twice, "echo":
+  the second copy has read the whole caption, which CLIP's causal attention would hide), vocabulary of the demo
   tokenizer (``lightdiff.demo.vocab``: one token per word or Chinese phrase of the grammar).
 - Canny ControlNet: ``ControlNetModel.from_unet`` with a conditioning embedding that downsamples
   by 4 (channels 16/32/64), matching the latent factor.
 
 Parameters and files (fp16 safetensors; the caps are 15 MB per file, about 30 MB together):
 
-    unet 6.715588 M -> 13.4 MB   vae 2.569479 M -> 5.1 MB   text_encoder 1.204608 M -> 2.4 MB
+    unet 6.715588 M -> 13.4 MB   vae 2.569479 M -> 5.1 MB   text_encoder 1.210624 M -> 2.4 MB
     controlnet 2.848656 M -> 5.7 MB                                       total about 26.7 MB
 
 CPU speed, a 128x128 image with 20 Euler steps and CFG (batch 1), fp32, torch 2.13 CPU, measured on
-lightdiff's 2-core development machine (AMD EPYC, shared): 0.62-0.65 s per image with 2 threads,
-1.0 s with 1 thread, when the machine was quiet; single runs took up to 8 s while other jobs
+lightdiff's 2-core development machine (AMD EPYC, shared): 0.67 s per image with 2 threads (the echo
+weights of 2026-11-27, 79 text positions; 0.62-0.65 s with the earlier 32), 1.0 s with 1 thread, when the
+machine was quiet; single runs took up to 8 s while other jobs
 saturated both cores. The UNet is 2.63 GFLOP per forward and sample (20 CFG steps: about 105 GFLOP,
 31 ms per batch-2 UNet pass); the VAE decode is about 30 ms.
 
@@ -36,10 +38,10 @@ from __future__ import annotations
 
 RESOLUTION = 128  # native image side
 LATENT_FACTOR = 4
-MAX_TOKENS = 40  # the demo tokenizer's model_max_length and the text encoder's positions
-# (the longest caption, three objects in the places form with every optional word, is 35 tokens;
-# the weights shipped before the places form have 32 in their own configs)
-# an echo text encoder (``train-demo --echo``, lightdiff.demo.vocab) reads the same 38 prompt tokens twice
+MAX_TOKENS = 40  # a plain (non-echo) demo tokenizer's model_max_length and text encoder positions
+# (the longest caption, three objects in the places form with every optional word, is 35 tokens)
+# the shipped model's text encoder reads its caption twice (echo, lightdiff.demo.vocab): the same 38 prompt tokens
+# as a plain MAX_TOKENS tokenizer holds, in 79 positions
 ECHO_MAX_TOKENS = 2 * (MAX_TOKENS - 2) + 3
 VOCAB_SIZE = 83  # len(lightdiff.demo.vocab.vocabulary()); a test checks the two agree
 
@@ -60,25 +62,24 @@ VAE_CONFIG = {
     # one GroupNorm group, not 32: with 32 groups of 1-2 channels every norm is an instance norm, which
     # erases each channel's per-image mean, so flat colours cannot pass through the decoder's last norm
     # (colour shifts, droplet specks, a frame: docs/demo/diagnosis.md). Parameter count is unchanged.
-    # The weights shipped on 2026-11-26 predate this and keep 32 groups in their own config.json; the
-    # next `lightdiff train-demo` run (from scratch) trains this config.
+    # (the weights shipped since 2026-11-27 have it; the first ones, of 2026-11-26, had 32)
     "block_out_channels": [32, 64, 128], "layers_per_block": 1, "norm_num_groups": 1,
     "act_fn": "silu", "scaling_factor": 1.0, "mid_block_add_attention": False,
 }
 
 TEXT_ENCODER_CONFIG = {
     "vocab_size": VOCAB_SIZE, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 6,
-    "num_attention_heads": 4, "max_position_embeddings": MAX_TOKENS, "hidden_act": "quick_gelu",
+    "num_attention_heads": 4, "max_position_embeddings": ECHO_MAX_TOKENS, "hidden_act": "quick_gelu",
     "projection_dim": 128, "layer_norm_eps": 1e-5,
     # the demo tokenizer's ids: [PAD] 0, <|startoftext|> 1, <|endoftext|> 2
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
 }
 
-TOKENIZER_CONFIG = {"style": "demo", "model_max_length": MAX_TOKENS}
+TOKENIZER_CONFIG = {"style": "demo", "model_max_length": ECHO_MAX_TOKENS, "echo": True}
 
 CONTROLNET_CONDITIONING_CHANNELS = (16, 32, 64)  # two stride-2 convs: 128 px -> 32 latent pixels
 
-PARAMS_M = {"unet": 6.715588, "vae": 2.569479, "text_encoder": 1.205632}
+PARAMS_M = {"unet": 6.715588, "vae": 2.569479, "text_encoder": 1.210624}
 CONTROLNET_PARAMS_M = 2.848656
 
 FILE_CAP_BYTES = 15_000_000  # per weights file
@@ -87,7 +88,7 @@ SHIP_DTYPE_BYTES = 2  # fp16
 
 # seconds per 128x128 image, 20 Euler steps with CFG, 2 CPU threads, whole pipeline (text encoder,
 # 40 UNet passes, VAE decode), measured as described above; the bar is 2 s
-CPU_SECONDS_MEASURED = 0.65
+CPU_SECONDS_MEASURED = 0.67
 
 
 def spec():
@@ -97,23 +98,24 @@ def spec():
     return specs.get("demo")
 
 
-def build_components(seed: int = 0, echo: bool = False) -> dict:
-    """Every pipeline component, fp32 on the CPU, randomly initialised (deterministic by seed). With ``echo``
-    the tokenizer writes each caption twice and the text encoder has ``ECHO_MAX_TOKENS`` positions."""
+def build_components(seed: int = 0, echo: bool = True) -> dict:
+    """Every pipeline component, fp32 on the CPU, randomly initialised (deterministic by seed). ``echo`` (the
+    spec's, and the shipped model's): the tokenizer writes each caption twice into ``ECHO_MAX_TOKENS``
+    positions; without it a plain tokenizer and text encoder of ``MAX_TOKENS``."""
     from lightdiff.runtime import build
 
     # build_twin is the spec's plain "construct every component from its config" path
     components = build.build_twin(spec(), seed=seed)
-    if echo:
+    if not echo:
         import torch
         from transformers import CLIPTextConfig, CLIPTextModel
 
         from lightdiff.demo.vocab import build_tokenizer
 
         torch.manual_seed(seed)
-        config = CLIPTextConfig(**{**TEXT_ENCODER_CONFIG, "max_position_embeddings": ECHO_MAX_TOKENS})
+        config = CLIPTextConfig(**{**TEXT_ENCODER_CONFIG, "max_position_embeddings": MAX_TOKENS})
         components["text_encoder"] = CLIPTextModel(config)
-        components["tokenizer"] = build_tokenizer(ECHO_MAX_TOKENS, echo=True)
+        components["tokenizer"] = build_tokenizer(MAX_TOKENS)
     return components
 
 

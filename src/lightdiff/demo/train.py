@@ -115,8 +115,8 @@ class TrainConfig:
     # 256 against 10.5 eager; docs/demo), off on the CPU and under --compile-mode reduce-overhead
     cuda_graph: bool | None = None
     # captions written twice for the text encoder, so every token of the second copy has read the whole caption
-    # (lightdiff.demo.vocab); a continued run (--init) keeps its folder's tokenizer, echo or not
-    echo: bool = False
+    # (lightdiff.demo.vocab; the shipped weights' recipe); a continued run (--init) keeps its folder's tokenizer
+    echo: bool = True
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -1192,9 +1192,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="capture each phase's training step (forward, backward, clipping, AdamW) as one CUDA graph "
                         "and replay it: seconds to capture, no compiling (default: on with CUDA)")
-    p.add_argument("--echo", action="store_true",
+    p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=None,
                    help="a new model's tokenizer writes each caption twice, so the causal text encoder's second copy "
-                        "has read the whole caption (relations bind to their objects); --init keeps its folder's")
+                        "has read the whole caption (default on, as the shipped weights); --init keeps its folder's")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1230,7 +1230,7 @@ def config_from_args(args) -> TrainConfig:
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
-                                 "places_mix": args.places_mix, "echo": args.echo or None}.items() if v is not None}
+                                 "places_mix": args.places_mix, "echo": args.echo}.items() if v is not None}
     if args.compile_mode is not None:
         if not args.compile:
             from lightdiff.errors import InvalidRequest

@@ -49,7 +49,7 @@ def build_non_module(comp: ComponentSpec):
         # class name so the demo spec shares its component classes with its twin tiny-sd15
         from lightdiff.demo.vocab import build_tokenizer
 
-        return build_tokenizer(comp.config.get("model_max_length", 32))
+        return build_tokenizer(comp.config.get("model_max_length", 32), echo=comp.config.get("echo", False))
     if comp.library == "lightdiff" and comp.cls == "StandinTokenizer":
         from lightdiff.runtime.tokenizer import standin_tokenizer
 

@@ -187,12 +187,13 @@ def prompt_length_warning(pipe, prompt: str, limit: int) -> str | None:
     tok = getattr(pipe, "tokenizer", None)
     if tok is None or not prompt:
         return None
-    n = len(tok(prompt, add_special_tokens=False, truncation=False)["input_ids"])
-    if n <= limit:
-        return None
     from lightdiff.demo.vocab import echoes
 
-    if echoes(tok):  # the caption goes in twice: a cut would leave the two copies unequal, so refuse instead
+    echo = echoes(tok)  # the caption goes in twice (even without special tokens): count one copy
+    n = len(tok(prompt, add_special_tokens=False, truncation=False)["input_ids"]) // (2 if echo else 1)
+    if n <= limit:
+        return None
+    if echo:  # a cut would leave the two copies unequal, so refuse instead
         raise InvalidRequest("prompt", f"The prompt is {n} tokens; this model reads at most {limit}.",
                              "Shorten the prompt (the demo model's captions are at most 35 tokens).")
     return (f"The prompt is {n} tokens; the text encoder reads {limit}. "
