@@ -118,3 +118,34 @@ def test_tiling_from_one_request_does_not_outlive_it(monkeypatch, clean):
     assert again.metadata[0]["fallbacks"] == [] and not vae.use_tiling
     assert again.metadata[0]["plan_info"]["predicted"]["options"]["vae_tiling"] is False
     assert np.array_equal(_pixels(again), clean)
+
+
+def test_half_tiles_are_set_on_the_qwen_vae_and_default_tiles_restored(tiny_qwen):
+    """The planner's half tiles reach diffusers' Qwen VAE (tile side and stride), a later request's default tiles
+    restore diffusers' own sizes, and a 2 x 2 tiled decode still gives the untiled image where the tiles overlap."""
+    from types import SimpleNamespace
+
+    from lightdiff.runtime.plan_apply import set_vae_tiling
+
+    vae = tiny_qwen.pipe.vae
+    own = (vae.tile_sample_min_height, vae.tile_sample_stride_height)
+    loaded = SimpleNamespace(pipe=tiny_qwen.pipe, plan_info={})
+    torch.manual_seed(0)
+    side = 192 // vae.spatial_compression_ratio  # latents that decode to 192 px
+    z = torch.randn(1, vae.config.z_dim, 1, side, side)
+    try:
+        vae.disable_tiling()
+        whole = vae.decode(z).sample
+        set_vae_tiling(loaded, True, 160)  # 192 // 2 + 64: 2 x 2 tiles at stride 96
+        assert (vae.use_tiling, vae.tile_sample_min_height, vae.tile_sample_stride_width) == (True, 160, 96)
+        assert loaded.plan_info["vae_tile_px"] == 160
+        tiled = vae.decode(z).sample
+        assert tiled.shape == whole.shape == (1, 3, 1, 192, 192) and not torch.equal(tiled, whole)  # it did tile
+        assert (tiled - whole).abs().mean() < 0.25 * whole.abs().mean()
+        set_vae_tiling(loaded, True)
+        assert (vae.tile_sample_min_height, vae.tile_sample_stride_height) == own
+        set_vae_tiling(loaded, False)
+        assert not vae.use_tiling and loaded.plan_info["vae_tile_px"] is None
+    finally:
+        vae.disable_tiling()
+        vae.disable_slicing()

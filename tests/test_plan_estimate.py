@@ -118,6 +118,24 @@ def test_the_engine_lets_the_planner_pick_fp8_compute_only_when_it_compiles_it()
         assert Engine(device="cpu", fast=fast)._not_automatic() == (Strategy.FP8_COMPUTE,)
 
 
+def test_qwen_decodes_in_half_tiles_where_it_must_tile_and_the_peak_counts_them():
+    """Measured (H100, 2026-11-27, docs/benchmarks/2026-11-27c-h100): under 24 GB at 1024 diffusers' 256-px tiles
+    (36 of them) decoded in 0.81 s, 2 x 2 tiles of 576 px in 0.10 s for 1.04 GB more peak."""
+    at_24 = plans.choose("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20)
+    assert at_24.options["vae_tiling"] is True and at_24.options["vae_tile_px"] == 576
+    assert "VAE tiled (576 px)" in at_24.estimate.reason
+    whole = plans.choose("qwen-image-2512", 1024, 1024, 1, 80.0, steps=20)
+    assert whole.options["vae_tiling"] is False and "vae_tile_px" not in whole.options
+    r = plans.request_for(specs.get("qwen-image-2512"), 1024, 1024, 1, 24.0)
+    assert plan_model.vae_tile_modes(r) == [False, 576, True]
+    half, default = plan_model.vae_act_gib(r, 576, True), plan_model.vae_act_gib(r, True, True)
+    assert half == pytest.approx(default * (576 / 256) ** 2) and half < plan_model.vae_act_gib(r, False, False)
+    # sd15's VAE tiles at its own size only: no half tiles in its plans
+    sd15 = plans.choose("sd15", 1024, 1024, 1, 2.0, steps=20)
+    assert "vae_tile_px" not in sd15.options
+    assert plan_model.vae_tile_modes(plans.request_for(specs.get("sd15"), 1024, 1024, 1, 2.0)) == [False, True]
+
+
 def test_int8_without_torchao_does_not_fit_and_says_why(monkeypatch):
     monkeypatch.setattr(plans, "torchao_available", lambda: False)
     e = Strategy.INT8_WEIGHT.estimate("sd15", 512, 512, 1, 24.0)

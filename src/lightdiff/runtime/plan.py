@@ -84,7 +84,7 @@ def _finish(r: Request, parts: _Parts, tiling: bool, te_mode: str, needs: str | 
     te = m.gib(r.spec.params_M("text_encoder"), dt) if te_mode != "none" else 0.0
     vae = m.gib(r.spec.params_M("vae"), dt)
     gpu = parts.gpu_weights + vae + p.overhead_gib + r.extra_gib + (te if te_mode == "device" else 0.0)
-    transients = [parts.denoise_transient + m.denoise_act_gib(r), m.vae_act_gib(r, tiling, tiling)]
+    transients = [parts.denoise_transient + m.denoise_act_gib(r), m.vae_act_gib(r, tiling, bool(tiling))]
     if te_mode == "device":
         transients.append(p.te_act_gib)
     elif te_mode == "streamed":
@@ -92,14 +92,14 @@ def _finish(r: Request, parts: _Parts, tiling: bool, te_mode: str, needs: str | 
     peak = gpu + max(transients)
     host = m.HOST_BASE_GIB + parts.host + (te if te_mode == "streamed" else 0.0)
     sec = m.seconds_per_image(r, parts.per_call_s, tiling, parts.per_image_extra_s)
-    options = {**parts.options, "vae_tiling": tiling, "vae_slicing": tiling, "text_encoder": te_mode}
+    options = {**parts.options, **_vae_options(tiling), "text_encoder": te_mode}
     if needs:
         return Estimate(peak, host, sec, False, needs, options)
     fits_vram = peak <= r.usable_vram_gb
     fits_ram = host <= r.usable_ram_gb
     if fits_vram and fits_ram:
         where = f"{peak:.1f} of {r.vram_gb:.1f} GB" if r.vram_gb is not None else f"{peak:.1f} GB, no VRAM limit"
-        reason = f"fits: {where}" + (", VAE tiled" if tiling else "")
+        reason = f"fits: {where}" + _tiled_words(r, tiling)
         if te_mode == "streamed":
             reason += ", text encoder streamed"
     elif not fits_vram:
@@ -112,6 +112,20 @@ def _finish(r: Request, parts: _Parts, tiling: bool, te_mode: str, needs: str | 
     if not m.flops_known(r):
         reason += "; time from 2*params*tokens (FLOPs not counted for this architecture)"
     return Estimate(peak, host, sec, fits_vram and fits_ram, reason, options)
+
+
+def _vae_options(tiling: m.Tiling) -> dict:
+    """The plan's VAE modifiers; half tiles add their side (``vae_tile_px``), which plan_apply sets."""
+    out = {"vae_tiling": bool(tiling), "vae_slicing": bool(tiling)}
+    if tiling is not True and tiling:
+        out["vae_tile_px"] = int(tiling)
+    return out
+
+
+def _tiled_words(r: Request, tiling: m.Tiling) -> str:
+    if not tiling:
+        return ""
+    return f", VAE tiled ({m.tile_side(r, tiling)} px)"
 
 
 def _need_vram(peak: float) -> float:
@@ -132,7 +146,7 @@ def _over_modifiers(r: Request, build: Callable[[bool, str], tuple[_Parts, str |
     ``fixed`` pins the text encoder's place (a loaded plan re-estimated for another request)."""
     out = []
     te_modes = [fixed["text_encoder"]] if fixed and "text_encoder" in fixed else _text_encoder_modes(r)
-    for tiling in (False, True):
+    for tiling in m.vae_tile_modes(r):
         for te_mode in te_modes:
             parts, needs = build(tiling, te_mode)
             out.append(_finish(r, parts, tiling, te_mode, needs))

@@ -159,22 +159,46 @@ def _place_text_encoder(pipe, device: str, mode: str) -> None:
 
 def _vae_modifiers(pipe, options: dict) -> None:
     if options.get("vae_tiling"):
-        pipe.vae.enable_tiling()
+        _enable_tiling(pipe.vae, options.get("vae_tile_px"))
     if options.get("vae_slicing"):
         pipe.vae.enable_slicing()
 
 
-def set_vae_tiling(loaded, on: bool) -> None:
-    """Decode in tiles, one image at a time (a request's plan, or the OOM back-off's cheap step), or whole
-    images again for a request whose plan does not tile after an earlier, larger one did."""
+# the tile attributes of diffusers' Qwen-Image (and Wan) VAE, which takes any tile size
+_TILE_ATTRS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height",
+               "tile_sample_stride_width")
+
+
+def _enable_tiling(vae, tile_px: int | None = None) -> None:
+    """diffusers' tiling; with ``tile_px`` (the planner's half tiles) square tiles of that side at a stride of
+    ``tile_px - HALF_TILE_OVERLAP_PX``. Without it the VAE's own default tiles, restored if a request before
+    had set others (diffusers' enable_tiling keeps the last sizes it was given)."""
+    from lightdiff.runtime.plan_model import HALF_TILE_OVERLAP_PX
+
+    if not all(hasattr(vae, a) for a in _TILE_ATTRS):  # AutoencoderKL: its own tile size only
+        vae.enable_tiling()
+        return
+    defaults = vae.__dict__.setdefault("_lightdiff_default_tiles", {a: getattr(vae, a) for a in _TILE_ATTRS})
+    if tile_px:
+        stride = tile_px - HALF_TILE_OVERLAP_PX
+        vae.enable_tiling(tile_sample_min_height=tile_px, tile_sample_min_width=tile_px,
+                          tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+    else:
+        vae.enable_tiling(**defaults)
+
+
+def set_vae_tiling(loaded, on: bool, tile_px: int | None = None) -> None:
+    """Decode in tiles (of ``tile_px`` where the plan says, else the VAE's default), one image at a time (a
+    request's plan, or the OOM back-off's cheap step), or whole images again for a request whose plan does not
+    tile after an earlier, larger one did."""
     vae = loaded.pipe.vae
     if on:
-        vae.enable_tiling()
+        _enable_tiling(vae, tile_px)
         vae.enable_slicing()
     else:
         vae.disable_tiling()
         vae.disable_slicing()
-    loaded.plan_info = {**loaded.plan_info, "vae_tiling": on}
+    loaded.plan_info = {**loaded.plan_info, "vae_tiling": on, "vae_tile_px": tile_px if on else None}
 
 
 def _finish(loaded, device: str, plan) -> None:

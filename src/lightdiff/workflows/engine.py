@@ -214,7 +214,7 @@ class Engine:
         fallbacks: list[str] = []
         tried: set = set()
         attempts = 0
-        tiled = bool(plan.options.get("vae_tiling"))
+        tiled, tile_px = bool(plan.options.get("vae_tiling")), plan.options.get("vae_tile_px")
         while chunks:
             offset, n = chunks[0]
             stage, error = "load", None
@@ -226,10 +226,11 @@ class Engine:
                     kept = {k: v for k, v in loaded.plan_info.items() if k in FAST_PATH_INFO}
                     state.plan, loaded.plan_info = plan, {**plan.info(), **kept}
                 state.stage, state.events = "denoise", []
-                if tiled != bool(getattr(loaded.pipe.vae, "use_tiling", False)):
+                if (tiled, tile_px) != (bool(getattr(loaded.pipe.vae, "use_tiling", False)),
+                                        loaded.plan_info.get("vae_tile_px")):
                     from lightdiff.runtime.plan_apply import set_vae_tiling
 
-                    set_vae_tiling(loaded, tiled)  # as this request's plan says: its peak was predicted so
+                    set_vae_tiling(loaded, tiled, tile_px)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
                 attach_fast_path(loaded, self.fast)
                 result = wf.run(loaded, sub, progress=progress, cancel=cancel)
@@ -251,16 +252,16 @@ class Engine:
             attempts += 1
             if attempts > self.max_retries:
                 raise self._out_of_memory(r, plan, stage, error, fallbacks)
-            if stage == "decode" and not tiled:
-                tiled = True
+            if stage == "decode" and (not tiled or tile_px):  # whole images or half tiles: default tiles next
+                tiled, tile_px = True, None
                 fallbacks.append("vae-tiling")
             elif n > 1:
                 half = n // 2
                 chunks.popleft()
                 chunks.extendleft([(offset + half, n - half), (offset, half)])
                 fallbacks.append(f"split-batch {n}->{half}+{n - half}")
-            elif not tiled:
-                tiled = True
+            elif not tiled or tile_px:
+                tiled, tile_px = True, None
                 fallbacks.append("vae-tiling")
             else:
                 nxt = plans.cheaper(plan, tried, r.steps, device=self.device, exclude=self._not_automatic())
