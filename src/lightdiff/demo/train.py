@@ -1041,7 +1041,7 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     if stats is not None:
         summary["phases"]["vae"]["latent_stats_before_folding"] = stats
 
-    # as many positions as the text encoder has: weights trained before MAX_TOKENS grew keep their 32
+    # as many positions as the text encoder has (a continued folder's own: the first shipped weights had 32)
     tokenizer = build_tokenizer(components["text_encoder"].config.max_position_embeddings, echo=echo)
     store = LatentStore(cfg, vae, data, tokenizer, device)
     store.update()

@@ -78,7 +78,7 @@ def _text_encoder_modes(r: Request) -> list[str]:
     return ["device", "streamed"] if m.has_text_encoder(r.spec) else ["none"]
 
 
-def _finish(r: Request, parts: _Parts, tiling: bool, te_mode: str, needs: str | None = None) -> Estimate:
+def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: str | None = None) -> Estimate:
     """Peak, host RAM, time and the fit verdict for one candidate."""
     p, dt = r.profile, m.compute_dtype(r.spec)
     te = m.gib(r.spec.params_M("text_encoder"), dt) if te_mode != "none" else 0.0
@@ -140,7 +140,7 @@ def _best(candidates: list[Estimate]) -> Estimate:
     return min(candidates, key=lambda e: (e.peak_vram_gb, e.host_ram_gb))
 
 
-def _over_modifiers(r: Request, build: Callable[[bool, str], tuple[_Parts, str | None]],
+def _over_modifiers(r: Request, build: Callable[[m.Tiling, str], tuple[_Parts, str | None]],
                     fixed: dict | None = None) -> Estimate:
     """Try the modifiers (untiled/tiled VAE, text encoder resident/streamed); keep the best.
     ``fixed`` pins the text encoder's place (a loaded plan re-estimated for another request)."""
@@ -206,7 +206,7 @@ def _estimate_fp8_compute(r: Request, fixed: dict | None = None) -> Estimate:
     return _over_modifiers(r, build, fixed)
 
 
-def _group_parts(r: Request, tiling: bool, te_mode: str, allow_fp8: bool, layout: dict | None = None) -> _Parts:
+def _group_parts(r: Request, tiling: m.Tiling, te_mode: str, allow_fp8: bool, layout: dict | None = None) -> _Parts:
     """Group offloading: partial residency where the denoiser has a block list, else stream it all."""
     dt = m.compute_dtype(r.spec)
     den_M = _den_params(r)
