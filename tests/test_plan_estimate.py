@@ -130,6 +130,11 @@ def test_qwen_decodes_in_half_tiles_where_it_must_tile_and_the_peak_counts_them(
     assert plan_model.vae_tile_modes(r) == [False, 576, True]
     half, default = plan_model.vae_act_gib(r, 576, True), plan_model.vae_act_gib(r, True, True)
     assert half == pytest.approx(default * (576 / 256) ** 2) and half < plan_model.vae_act_gib(r, False, False)
+    # the decode time counts every tile: both measured decodes within 10%
+    assert plan_model.tile_grid(r, True)[0] == 36 and plan_model.tile_grid(r, 576)[0] == 4
+    assert plan_model.vae_s(r, True) == pytest.approx(0.81, rel=0.10)
+    assert plan_model.vae_s(r, 576) == pytest.approx(0.10, rel=0.10)
+    assert plan_model.vae_s(r, False) < plan_model.vae_s(r, 576) < plan_model.vae_s(r, True)
     # sd15's VAE tiles at its own size only: no half tiles in its plans
     sd15 = plans.choose("sd15", 1024, 1024, 1, 2.0, steps=20)
     assert "vae_tile_px" not in sd15.options

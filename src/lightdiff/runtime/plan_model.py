@@ -65,7 +65,6 @@ INT8_DEQUANT_BYTES_PER_PARAM = 3
 # measured 5.44/5.27 s at 1024 and 4.10/3.93 s at 768 under 24 GB; at 512 3.26 vs 3.63 s (the compiled blocks
 # are CPU-bound there). Other fp8 cards are assumed to keep the H100's fp8/bf16 ratio (2x in specs/cards.py).
 FP8_COMPILED_COMPUTE_FACTOR = 0.6
-TILED_VAE_TIME_FACTOR = 1.3  # overlapping tiles decode ~30% more pixels. ASSUMED.
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,8 @@ class FamilyProfile:
     stream_group_params_M: float  # params of the largest streamed group (two are on the GPU at once)
     # the VAE also decodes in two-by-two tiles (``half_tile_px``): diffusers' Qwen VAE takes any tile size
     vae_half_tiles: bool = False
+    vae_tile_stride_px: int = 0  # diffusers' stride between default tiles (0: the tile side)
+    vae_tile_overhead_s: float = 0.0  # per decoded tile, beyond the FLOPs of its pixels
 
 
 PROFILES = {
@@ -97,6 +98,7 @@ PROFILES = {
         den_gib_per_mpx=1.0,
         overhead_gib=0.069, call_overhead_s=0.0254, efficiency=0.497, te_act_gib=0.05,
         stream_group_params_M=258.3 + 162.2,  # the two largest up_blocks
+        vae_tile_stride_px=384,  # AutoencoderKL: tile_overlap_factor 0.25. Per-tile overhead unmeasured: 0
     ),
     "qwen-image": FamilyProfile(
         denoiser="transformer", calls_per_step=2, items_per_call=1, blocks_attr="transformer_blocks",
@@ -106,6 +108,10 @@ PROFILES = {
         overhead_gib=0.040, call_overhead_s=0.0657, efficiency=0.604,
         te_act_gib=0.35,  # logits of a 1024-token prompt over a 152k vocabulary in bf16: 0.3 GiB
         stream_group_params_M=340.0,
+        # CALIBRATED (H100, 2026-11-27, 1024 under a 24 GB cap, docs/benchmarks/2026-11-27c-h100): decode 0.81 s
+        # in 36 default tiles and 0.10 s in 4 half tiles; the FLOPs of the pixels they decode (1.81 and 1.18 MP)
+        # explain 0.034 and 0.022 s, the rest is 0.0216 and 0.0195 s per tile
+        vae_tile_stride_px=192, vae_tile_overhead_s=0.02,
     ),
 }
 
@@ -206,8 +212,7 @@ def half_tile_px(r: Request) -> int | None:
 
 
 def vae_tile_modes(r: Request) -> list[Tiling]:
-    """Decode modes in the planner's order of preference: whole images, half tiles, default tiles. The time model
-    prices both tile sizes alike (TILED_VAE_TIME_FACTOR), so on a tie the earlier, faster one is kept."""
+    """Decode modes to try: whole images, half tiles, default tiles (the fastest that fits is kept)."""
     half = half_tile_px(r)
     return [False, True] if half is None else [False, half, True]
 
@@ -216,6 +221,19 @@ def tile_side(r: Request, tiling: Tiling) -> int | None:
     if tiling is False:
         return None
     return r.profile.vae_tile_px if tiling is True else int(tiling)
+
+
+def tile_grid(r: Request, tiling: Tiling) -> tuple[int, float]:
+    """Tiles per image and the megapixels they decode (overlaps counted each time), walking the image as
+    diffusers' tiled decode does: tiles start every stride, edge tiles are cut at the border, and an image
+    no larger than one tile is decoded whole."""
+    tile = tile_side(r, tiling)
+    if tile is None or (r.width <= tile and r.height <= tile):
+        return 1, r.mpx
+    stride = (r.profile.vae_tile_stride_px or tile) if tiling is True else tile - HALF_TILE_OVERLAP_PX
+    rows = [min(tile, r.height - i) for i in range(0, r.height, stride)]
+    cols = [min(tile, r.width - j) for j in range(0, r.width, stride)]
+    return len(rows) * len(cols), sum(rows) * sum(cols) / 1e6
 
 
 def vae_act_gib(r: Request, tiling: Tiling, slicing: bool) -> float:
@@ -264,8 +282,14 @@ def call_compute_s(r: Request, compute_factor: float = 1.0) -> float:
     return p.call_overhead_s + compute_factor * items * _flops(r, p.denoiser) / rate_tflops(r)
 
 
-def vae_s(r: Request, tiling: bool) -> float:
-    return r.batch * _flops(r, "vae") / rate_tflops(r) * (TILED_VAE_TIME_FACTOR if tiling else 1.0)
+def vae_s(r: Request, tiling: Tiling) -> float:
+    """Decode seconds for the batch: the FLOPs of every decoded pixel (overlaps included) plus, when tiled,
+    the family's per-tile overhead."""
+    tiles, decoded_mpx = tile_grid(r, tiling)
+    per_image = _flops(r, "vae") * decoded_mpx / r.mpx / rate_tflops(r)
+    if tiles > 1:
+        per_image += tiles * r.profile.vae_tile_overhead_s
+    return r.batch * per_image
 
 
 def cast_s_per_call(r: Request, params_M: float, bytes_per_param: float = CAST_BYTES_PER_PARAM) -> float:
@@ -278,7 +302,7 @@ def transfer_s(r: Request, gib_: float, pinned: bool = True) -> float:
     return gib_ * GIB / rate
 
 
-def seconds_per_image(r: Request, per_call_s: float, tiling: bool, per_image_extra_s: float = 0.0) -> float:
+def seconds_per_image(r: Request, per_call_s: float, tiling: Tiling, per_image_extra_s: float = 0.0) -> float:
     calls = r.steps * r.profile.calls_per_step
     return (calls * per_call_s + vae_s(r, tiling) + per_image_extra_s * r.batch) / r.batch
 
