@@ -258,3 +258,32 @@ def test_background_canvas_is_the_whole_canvas_ramp():
         a, b = (np.asarray(PALETTE[c], np.float32) for c in (colours[0], colours[-1]))
         expected = np.round(a + (b - a) * ramp).astype(np.uint8)
         assert np.array_equal(_background_array(Background(kind, colours), side), expected), kind
+
+
+def test_halves_layout_puts_related_objects_across_the_centre_and_free_is_unchanged():
+    """pair_layout "halves" draws a relation as two lone places (near side, far side, middle band), so the
+    words map to fixed regions as "on the left" does; the default "free" gives the same scenes as before."""
+    from lightdiff.demo.checker import score_many
+
+    halves = SceneDataset(seed=11, length=400, size=64, split="train", pair_layout="halves")
+    seen = 0
+    for i in range(len(halves)):
+        scene, _ = halves.scene_and_caption(i)
+        if scene.relation is None:
+            continue
+        seen += 1
+        a, b = scene.objects[:2]
+        horizontal = scene.relation in ("left of", "right of")
+        main = (a.cx, b.cx) if horizontal else (a.cy, b.cy)
+        other = a.cy if horizontal else a.cx
+        assert min(main) <= 0.42 and max(main) >= 0.58 and 0.3 <= other <= 0.7
+        assert relation_between((a.cx, a.cy), (b.cx, b.cy)) == scene.relation
+    assert seen > 200
+    # the checker reads the rendered ground truth of this layout as well as of the free one
+    rendered = [halves[i] for i in range(60)]
+    assert score_many([s.image for s in rendered], [s.caption for s in rendered])["percent"]["position"] >= 98.0
+    free, default = SceneDataset(seed=11, length=50, pair_layout="free"), SceneDataset(seed=11, length=50)
+    assert all(free.scene_and_caption(i) == default.scene_and_caption(i) for i in range(50))
+    with pytest.raises(InvalidRequest) as err:
+        SceneDataset(pair_layout="centred")
+    assert err.value.field == "pair_layout"

@@ -92,6 +92,10 @@ RELATIONS = ("left of", "right of", "above", "below")
 POSITIONS = ("left", "right", "top", "bottom", "centre")
 BACKGROUND_KINDS = ("plain", "vertical", "horizontal")
 SPLITS = ("train", "heldout")
+# How a two-object relation is laid out: "free", anywhere the relation clearly holds; "halves", the first object
+# (left, or above) in the near third-and-a-bit of the canvas and the second in the far one, across the centre
+# line, with the other axis in the middle band, as a lone object's place is drawn (``_place_alone``)
+PAIR_LAYOUTS = ("free", "halves")
 CAPTION_FORMS = ("relation", "places")  # "NP left of NP" | "on the left NP, on the right NP"
 
 SIZE_RADIUS = {"small": (0.075, 0.09), "medium": (0.115, 0.13), "large": (0.16, 0.185)}
@@ -322,8 +326,8 @@ def _bounds(r: float) -> tuple[float, float]:
     return MARGIN + r, 1 - MARGIN - r
 
 
-def _place_pair(rng, ra: float, rb: float, relation: str):
-    """Centres for A and B such that ``relation_between(A, B) == relation`` clearly holds."""
+def _place_pair(rng, ra: float, rb: float, relation: str, layout: str = "free"):
+    """Centres for A and B such that ``relation_between(A, B) == relation`` clearly holds (``PAIR_LAYOUTS``)."""
     horizontal = relation in ("left of", "right of")
     a_first = relation in ("left of", "above")  # A has the smaller main-axis coordinate
     lo_a, hi_a = _bounds(ra)
@@ -333,7 +337,9 @@ def _place_pair(rng, ra: float, rb: float, relation: str):
         sep = (mb - ma) if a_first else (ma - mb)
         if sep < ra + rb + GAP:
             continue
-        oa = rng.uniform(lo_a, hi_a)
+        if layout == "halves" and not (min(ma, mb) <= 0.42 and max(ma, mb) >= 0.58):
+            continue
+        oa = rng.uniform(lo_a, hi_a) if layout == "free" else rng.uniform(max(lo_a, 0.3), min(hi_a, 0.7))
         # the other axis stays within half the separation, so the stated relation dominates
         ob_lo, ob_hi = max(lo_b, oa - 0.5 * sep), min(hi_b, oa + 0.5 * sep)
         if ob_lo >= ob_hi:
@@ -374,7 +380,7 @@ def _sample_background(rng, objects: tuple[SceneObject, ...]) -> Background | No
     return Background("plain", (_pick(rng, plain),))
 
 
-def _try_sample(rng: np.random.Generator, split: str | None) -> Scene | None:
+def _try_sample(rng: np.random.Generator, split: str | None, pair_layout: str = "free") -> Scene | None:
     n = int(_pick(rng, (1, 2, 3), p=[0.3, 0.45, 0.25]))
     forced_index = int(rng.integers(n)) if split == "heldout" else -1
     held = sorted(HELD_OUT_PAIRS)
@@ -390,7 +396,7 @@ def _try_sample(rng: np.random.Generator, split: str | None) -> Scene | None:
         centres = [_place_alone(rng, looks[0][3], position)]
     else:
         relation = _pick(rng, RELATIONS)
-        pair = _place_pair(rng, looks[0][3], looks[1][3], relation)
+        pair = _place_pair(rng, looks[0][3], looks[1][3], relation, pair_layout)
         if pair is None:
             return None
         centres = list(pair)
@@ -409,12 +415,16 @@ def _try_sample(rng: np.random.Generator, split: str | None) -> Scene | None:
     return Scene(objects, background, relation, position)
 
 
-def sample_scene(rng: np.random.Generator, split: str | None = "train") -> Scene:
-    """A random scene. split "train" avoids ``HELD_OUT_PAIRS``; "heldout" contains one; None mixes."""
+def sample_scene(rng: np.random.Generator, split: str | None = "train", pair_layout: str = "free") -> Scene:
+    """A random scene. split "train" avoids ``HELD_OUT_PAIRS``; "heldout" contains one; None mixes.
+    ``pair_layout`` places two related objects (``PAIR_LAYOUTS``)."""
     if split not in (*SPLITS, None):
         raise InvalidRequest("split", f"split {split!r} is not one of {SPLITS}.", "Use split='train' or 'heldout'.")
+    if pair_layout not in PAIR_LAYOUTS:
+        raise InvalidRequest("pair_layout", f"pair_layout {pair_layout!r} is not one of {PAIR_LAYOUTS}.",
+                             "Use 'free' (the default) or 'halves'.")
     for _ in range(1000):
-        scene = _try_sample(rng, split)
+        scene = _try_sample(rng, split, pair_layout)
         if scene is not None:
             return scene
     raise LightdiffError("could not lay out a scene in 1000 tries.", "This is a bug in lightdiff.demo.scenes.")
@@ -652,13 +662,13 @@ class SceneDataset:
     """Deterministic (image, caption, scene) samples: index i of a seed is always the same sample.
 
     ``lang_mix`` is the fraction of Chinese captions, ``places_mix`` the fraction of two- and three-object
-    captions in the places form (``CAPTION_FORMS``). The rng of sample i is seeded by (seed, split, i),
+    captions in the places form (``CAPTION_FORMS``), ``pair_layout`` how related objects are placed. The rng of sample i is seeded by (seed, split, i),
     so samples are independent of the order they are read in and of ``length``; the form is drawn last,
     so ``places_mix=0`` gives the captions this dataset gave before the places form existed.
     """
 
     def __init__(self, seed: int = 0, length: int = 10_000, size: int = 128, lang_mix: float = 0.5,
-                 split: str = "train", places_mix: float = 0.0):
+                 split: str = "train", places_mix: float = 0.0, pair_layout: str = "free"):
         if split not in SPLITS:
             raise InvalidRequest("split", f"split {split!r} is not one of {SPLITS}.", "Use split='train' or 'heldout'.")
         if not 0.0 <= lang_mix <= 1.0:
@@ -671,7 +681,10 @@ class SceneDataset:
             raise InvalidRequest("length" if length < 0 else "seed", f"seed {seed} and length {length} must be >= 0.",
                                  "Pass non-negative integers.")
         self.seed, self.length, self.size, self.lang_mix, self.split = seed, length, size, lang_mix, split
-        self.places_mix = places_mix
+        if pair_layout not in PAIR_LAYOUTS:
+            raise InvalidRequest("pair_layout", f"pair_layout {pair_layout!r} is not one of {PAIR_LAYOUTS}.",
+                                 "Use 'free' (the default) or 'halves'.")
+        self.places_mix, self.pair_layout = places_mix, pair_layout
 
     def __len__(self) -> int:
         return self.length
@@ -687,7 +700,7 @@ class SceneDataset:
     def scene_and_caption(self, index: int) -> tuple[Scene, str]:
         """The sample without drawing it (cheap)."""
         rng = self._rng(self._index(index))
-        scene = sample_scene(rng, self.split)
+        scene = sample_scene(rng, self.split, self.pair_layout)
         lang = "zh" if rng.random() < self.lang_mix else "en"
         form = "places" if rng.random() < self.places_mix else "relation"
         return scene, caption(scene, lang, form)

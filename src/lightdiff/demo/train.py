@@ -74,6 +74,10 @@ class TrainConfig:
     # share of relations captioned in the places form ("on the left A, on the right B"). 0, the shipped
     # weights' data: two fresh runs at 0.5 (2026-11-27) placed objects no better in either form (docs/demo)
     places_mix: float = 0.0
+    # how two related objects are laid out in the training scenes (scenes.PAIR_LAYOUTS). "free", the shipped
+    # weights' data: relations stayed at chance (docs/demo). "halves" puts them across the centre line, as lone
+    # places are drawn; not yet trained (docs/next-gpu-runs.md). Eval sets keep "free" (comparable sets).
+    pair_layout: str = "free"
     split: tuple[float, float, float] = (0.30, 0.62, 0.08)  # VAE / UNet+text / ControlNet share of --minutes
     vae_batch: int = 32  # whole images
     vae_crop: int | None = None  # None: whole images, so the VAE learns the image border too
@@ -163,8 +167,8 @@ def render_chunk(task: tuple) -> tuple:
     from lightdiff.demo.model import canny_edges
     from lightdiff.demo.scenes import SceneDataset, caption, caption_form, caption_language, render
 
-    seed, split, start, stop, size, places_mix = task
-    ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix)
+    seed, split, start, stop, size, places_mix, pair_layout = task
+    ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix, pair_layout=pair_layout)
     n = stop - start
     images = np.empty((n, size, size, 3), np.uint8)
     edges = np.empty((n, size, size), np.uint8)
@@ -202,7 +206,8 @@ class SceneRenderer:
         self.ready = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s, cfg.places_mix) for a in range(0, n, cfg.chunk)]
+        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s, cfg.places_mix, cfg.pair_layout)
+                 for a in range(0, n, cfg.chunk)]
         workers = cfg.workers or max(1, min(15, (os.cpu_count() or 3) - 2))
         self.pool = None
         if workers > 1:
@@ -1195,6 +1200,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=None,
                    help="a new model's tokenizer writes each caption twice, so the causal text encoder's second copy "
                         "has read the whole caption (default on, as the shipped weights); --init keeps its folder's")
+    p.add_argument("--pair-layout", choices=["free", "halves"], default=None,
+                   help="how two related objects are placed in training scenes: free (default, the shipped weights') "
+                        "or halves (across the centre line, as a lone object's place)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1230,7 +1238,8 @@ def config_from_args(args) -> TrainConfig:
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
-                                 "places_mix": args.places_mix, "echo": args.echo}.items() if v is not None}
+                                 "places_mix": args.places_mix, "echo": args.echo,
+                                 "pair_layout": args.pair_layout}.items() if v is not None}
     if args.compile_mode is not None:
         if not args.compile:
             from lightdiff.errors import InvalidRequest
