@@ -200,3 +200,21 @@ def test_a_prompt_too_long_for_an_echo_model_is_refused_not_cut():
     with pytest.raises(InvalidRequest) as err:
         prompt_length_warning(echo, long_prompt, limit)
     assert err.value.field == "prompt" and f"at most {limit}" in str(err.value) and "Shorten" in err.value.hint
+
+
+def test_a_long_negative_prompt_is_named_too():
+    """Both prompts go through the text encoder: the negative one is checked the same way and named."""
+    from types import SimpleNamespace
+
+    from lightdiff.demo.model import ECHO_MAX_TOKENS
+    from lightdiff.workflows.base import prompt_length_warnings
+
+    long_prompt = " ".join([EN] * 5)
+    plain = SimpleNamespace(tokenizer=build_tokenizer())
+    said = prompt_length_warnings(plain, SimpleNamespace(prompt=EN, negative_prompt=long_prompt), MAX_TOKENS - 2)
+    assert len(said) == 1 and said[0].startswith("The negative prompt is")
+    assert prompt_length_warnings(plain, SimpleNamespace(prompt=EN, negative_prompt=None), MAX_TOKENS - 2) == []
+    echo = SimpleNamespace(tokenizer=build_tokenizer(ECHO_MAX_TOKENS, echo=True))
+    with pytest.raises(InvalidRequest) as err:
+        prompt_length_warnings(echo, SimpleNamespace(prompt=EN, negative_prompt=long_prompt), MAX_TOKENS - 2)
+    assert err.value.field == "negative_prompt" and "negative prompt" in str(err.value)

@@ -182,7 +182,7 @@ def step_callback(steps: int, progress: Progress | None, cancel) -> Callable:
     return cb
 
 
-def prompt_length_warning(pipe, prompt: str, limit: int) -> str | None:
+def prompt_length_warning(pipe, prompt: str, limit: int, field: str = "prompt") -> str | None:
     """Text encoders read a fixed number of tokens; say so when a prompt is longer (never cut silently)."""
     tok = getattr(pipe, "tokenizer", None)
     if tok is None or not prompt:
@@ -193,11 +193,19 @@ def prompt_length_warning(pipe, prompt: str, limit: int) -> str | None:
     n = len(tok(prompt, add_special_tokens=False, truncation=False)["input_ids"]) // (2 if echo else 1)
     if n <= limit:
         return None
+    what = field.replace("_", " ")
     if echo:  # a cut would leave the two copies unequal, so refuse instead
-        raise InvalidRequest("prompt", f"The prompt is {n} tokens; this model reads at most {limit}.",
-                             "Shorten the prompt (the demo model's captions are at most 35 tokens).")
-    return (f"The prompt is {n} tokens; the text encoder reads {limit}. "
-            f"The last {n - limit} tokens were ignored: shorten the prompt or move key words to the front.")
+        raise InvalidRequest(field, f"The {what} is {n} tokens; this model reads at most {limit}.",
+                             f"Shorten the {what} (the demo model's captions are at most 35 tokens).")
+    return (f"The {what} is {n} tokens; the text encoder reads {limit}. "
+            f"The last {n - limit} tokens were ignored: shorten the {what} or move key words to the front.")
+
+
+def prompt_length_warnings(pipe, r, limit: int) -> list[str]:
+    """``prompt_length_warning`` for a resolved request's prompt and negative prompt."""
+    found = (prompt_length_warning(pipe, r.prompt, limit),
+             prompt_length_warning(pipe, r.negative_prompt, limit, "negative_prompt"))
+    return [w for w in found if w]
 
 
 class Timer:

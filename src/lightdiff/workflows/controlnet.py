@@ -35,7 +35,7 @@ from pydantic import Field
 from lightdiff.errors import InvalidRequest, WeightsNotFound
 from lightdiff.workflows import images
 from lightdiff.workflows.base import (
-    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warning, resolve,
+    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warnings, resolve,
     step_callback,
 )
 from lightdiff.workflows.img2img import finish_metadata, scheduled, working_size
@@ -308,7 +308,7 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     cn, cn_source = get_controlnet(loaded, req.controlnet, progress)
     pipe = loaded.pipeline("controlnet", controlnet=cn)
     pipe.set_progress_bar_config(disable=True)
-    warnings += [w for w in [prompt_length_warning(pipe, r.prompt, prompt_token_limit(pipe, spec))] if w]
+    warnings += prompt_length_warnings(pipe, r, prompt_token_limit(pipe, spec))
     gens = generators(r.seed, r.batch_size)
     start = {}
     if spec.family != "sd15":  # see the module doc: draw the starting noise as txt2img does

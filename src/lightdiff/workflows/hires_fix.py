@@ -26,7 +26,7 @@ from pydantic import Field
 
 from lightdiff.errors import InvalidRequest
 from lightdiff.workflows.base import (
-    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warning, resolve,
+    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warnings, resolve,
     step_callback,
 )
 from lightdiff.workflows.img2img import check_strength, denoise_steps, offset_progress, scheduled
@@ -96,7 +96,7 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     r, (tw, th), upscaler, hr_steps = plan(req, spec)
     timer = Timer()
     base_pipe = loaded.pipeline("txt2img")
-    warnings = [w for w in [prompt_length_warning(base_pipe, r.prompt, prompt_token_limit(base_pipe, spec))] if w]
+    warnings = prompt_length_warnings(base_pipe, r, prompt_token_limit(base_pipe, spec))
     hr_run = denoise_steps(spec.family, hr_steps, req.hr_denoise)
     total = r.steps + hr_run
 

@@ -23,7 +23,7 @@ from pydantic import Field
 from lightdiff.errors import InvalidRequest
 from lightdiff.workflows import images
 from lightdiff.workflows.base import (
-    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warning, resolve,
+    BaseRequest, GenerationResult, Timer, generators, image_metadata, parse, prompt_length_warnings, resolve,
     step_callback,
 )
 from lightdiff.workflows.txt2img import family_call_args, prompt_token_limit, set_scheduler
@@ -127,7 +127,7 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     else:
         pipe = loaded.pipeline("img2img")
         pipe.set_progress_bar_config(disable=True)
-        warnings += [w for w in [prompt_length_warning(pipe, r.prompt, prompt_token_limit(pipe, spec))] if w]
+        warnings += prompt_length_warnings(pipe, r, prompt_token_limit(pipe, spec))
         n = denoise_steps(spec.family, r.steps, req.strength)
         with scheduled(pipe, loaded, r.scheduler):
             out = pipe(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from lightdiff.workflows.base import (
-    BaseRequest, GenerationResult, Timer, generators, image_metadata, prompt_length_warning, resolve,
+    BaseRequest, GenerationResult, Timer, generators, image_metadata, prompt_length_warnings, resolve,
     step_callback,
 )
 
@@ -63,7 +63,7 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
     r = resolve(req, loaded.spec)
     timer = Timer()
     pipe = loaded.pipeline("txt2img")
-    warnings = [w for w in [prompt_length_warning(pipe, r.prompt, prompt_token_limit(pipe, loaded.spec))] if w]
+    warnings = prompt_length_warnings(pipe, r, prompt_token_limit(pipe, loaded.spec))
     loaded_scheduler = pipe.scheduler
     set_scheduler(pipe, loaded, r.scheduler)
     fast = getattr(loaded, "fast_loop", None)
