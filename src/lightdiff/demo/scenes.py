@@ -415,14 +415,18 @@ def _try_sample(rng: np.random.Generator, split: str | None, pair_layout: str = 
     return Scene(objects, background, relation, position)
 
 
+def _check_pair_layout(pair_layout: str) -> None:
+    if pair_layout not in PAIR_LAYOUTS:
+        raise InvalidRequest("pair_layout", f"pair_layout {pair_layout!r} is not one of {PAIR_LAYOUTS}.",
+                             "Use 'free' (the default) or 'halves'.")
+
+
 def sample_scene(rng: np.random.Generator, split: str | None = "train", pair_layout: str = "free") -> Scene:
     """A random scene. split "train" avoids ``HELD_OUT_PAIRS``; "heldout" contains one; None mixes.
     ``pair_layout`` places two related objects (``PAIR_LAYOUTS``)."""
     if split not in (*SPLITS, None):
         raise InvalidRequest("split", f"split {split!r} is not one of {SPLITS}.", "Use split='train' or 'heldout'.")
-    if pair_layout not in PAIR_LAYOUTS:
-        raise InvalidRequest("pair_layout", f"pair_layout {pair_layout!r} is not one of {PAIR_LAYOUTS}.",
-                             "Use 'free' (the default) or 'halves'.")
+    _check_pair_layout(pair_layout)
     for _ in range(1000):
         scene = _try_sample(rng, split, pair_layout)
         if scene is not None:
@@ -681,9 +685,7 @@ class SceneDataset:
             raise InvalidRequest("length" if length < 0 else "seed", f"seed {seed} and length {length} must be >= 0.",
                                  "Pass non-negative integers.")
         self.seed, self.length, self.size, self.lang_mix, self.split = seed, length, size, lang_mix, split
-        if pair_layout not in PAIR_LAYOUTS:
-            raise InvalidRequest("pair_layout", f"pair_layout {pair_layout!r} is not one of {PAIR_LAYOUTS}.",
-                                 "Use 'free' (the default) or 'halves'.")
+        _check_pair_layout(pair_layout)
         self.places_mix, self.pair_layout = places_mix, pair_layout
 
     def __len__(self) -> int:
