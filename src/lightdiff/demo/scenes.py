@@ -666,8 +666,9 @@ class SceneDataset:
     """Deterministic (image, caption, scene) samples: index i of a seed is always the same sample.
 
     ``lang_mix`` is the fraction of Chinese captions, ``places_mix`` the fraction of two- and three-object
-    captions in the places form (``CAPTION_FORMS``), ``pair_layout`` how related objects are placed. The rng of sample i is seeded by (seed, split, i),
-    so samples are independent of the order they are read in and of ``length``; the form is drawn last,
+    captions in the places form (``CAPTION_FORMS``), ``pair_layout`` how related objects are placed
+    (``PAIR_LAYOUTS``). The rng of sample i is seeded by (seed, split, i), so samples are independent of the
+    order they are read in and of ``length``; the form is drawn last,
     so ``places_mix=0`` gives the captions this dataset gave before the places form existed.
     """
 

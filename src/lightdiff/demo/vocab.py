@@ -8,8 +8,9 @@ phrases (longest first, so at each place the longest phrase wins) isolates them;
 splits English words and punctuation. Text is lower-cased first and "center" read as "centre".
 
 CLIP-style behaviour: ``<|startoftext|> ids <|endoftext|>``, padded with ``[PAD]`` to
-``model_max_length`` (``lightdiff.demo.model.MAX_TOKENS``, 40) and truncated so the end token survives. The decoder puts a space before
-English words and none around Chinese phrases, so ``decode(encode(caption))`` gives the caption back.
+``model_max_length`` (``lightdiff.demo.model.MAX_TOKENS``, 40) and truncated so the end token survives. The
+decoder puts a space before English words and none around Chinese phrases, so ``decode(encode(caption))`` gives
+the caption back.
 
 Echo (``echo=True``): ``<|startoftext|> ids <|endoftext|> ids <|endoftext|>``, the caption twice. CLIP's text
 transformer is causal, so in "a red circle left of a blue square" the first object's tokens never see the
@@ -53,7 +54,8 @@ def echoes(tokenizer) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.post_processor is None:
         return False
-    processor = json.loads(backend.to_str()).get("post_processor") or {}
+    # the post-processor alone: serialising the whole tokenizer (a real CLIP vocabulary) on every request is not free
+    processor = json.loads(backend.post_processor.__getstate__())
     return sum("Sequence" in piece for piece in processor.get("single", [])) > 1
 
 

@@ -171,16 +171,16 @@ _TILE_ATTRS = ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_s
 
 def _enable_tiling(vae, tile_px: int | None = None) -> None:
     """diffusers' tiling; with ``tile_px`` (the planner's half tiles) square tiles of that side at a stride of
-    ``tile_px - HALF_TILE_OVERLAP_PX``. Without it the VAE's own default tiles, restored if a request before
+    ``plan_model.half_tile_stride``. Without it the VAE's own default tiles, restored if a request before
     had set others (diffusers' enable_tiling keeps the last sizes it was given)."""
-    from lightdiff.runtime.plan_model import HALF_TILE_OVERLAP_PX
+    from lightdiff.runtime.plan_model import half_tile_stride
 
     if not all(hasattr(vae, a) for a in _TILE_ATTRS):  # AutoencoderKL: its own tile size only
         vae.enable_tiling()
         return
     defaults = vae.__dict__.setdefault("_lightdiff_default_tiles", {a: getattr(vae, a) for a in _TILE_ATTRS})
     if tile_px:
-        stride = tile_px - HALF_TILE_OVERLAP_PX
+        stride = half_tile_stride(tile_px)
         vae.enable_tiling(tile_sample_min_height=tile_px, tile_sample_min_width=tile_px,
                           tile_sample_stride_height=stride, tile_sample_stride_width=stride)
     else:

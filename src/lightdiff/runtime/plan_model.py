@@ -211,6 +211,11 @@ def half_tile_px(r: Request) -> int | None:
     return px if r.profile.vae_half_tiles and px > r.profile.vae_tile_px else None
 
 
+def half_tile_stride(tile_px: int) -> int:
+    """Where the next half tile starts: each overlaps its neighbour by ``HALF_TILE_OVERLAP_PX``."""
+    return tile_px - HALF_TILE_OVERLAP_PX
+
+
 def vae_tile_modes(r: Request) -> list[Tiling]:
     """Decode modes to try: whole images, half tiles, default tiles (the fastest that fits is kept)."""
     half = half_tile_px(r)
@@ -230,7 +235,7 @@ def tile_grid(r: Request, tiling: Tiling) -> tuple[int, float]:
     tile = tile_side(r, tiling)
     if tile is None or (r.width <= tile and r.height <= tile):
         return 1, r.mpx
-    stride = (r.profile.vae_tile_stride_px or tile) if tiling is True else tile - HALF_TILE_OVERLAP_PX
+    stride = (r.profile.vae_tile_stride_px or tile) if tiling is True else half_tile_stride(tile)
     rows = [min(tile, r.height - i) for i in range(0, r.height, stride)]
     cols = [min(tile, r.width - j) for j in range(0, r.width, stride)]
     return len(rows) * len(cols), sum(rows) * sum(cols) / 1e6
