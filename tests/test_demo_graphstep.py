@@ -64,6 +64,21 @@ def test_eager_step_clips_steps_and_clears_gradients():
     assert 0 < moved.abs().max() <= 1.1e-2  # Adam's step is at most about lr, whatever the (huge) gradient
 
 
+def test_a_failed_capture_trains_on_eagerly_and_says_so(capsys):
+    """Here capture fails for want of CUDA: the step still trains (eagerly), and the run records why."""
+    model = torch.nn.Linear(4, 1)
+    params = list(model.parameters())
+    opt = make_adamw(params, 1e-2, (0.9, 0.99), 0.0, graphed=False, device=torch.device("cpu"))
+    step = GraphedStep("toy", lambda x: ((model(x) - 1).pow(2).mean(),), params, opt)
+    before = [p.detach().clone() for p in params]
+    losses = [step(torch.randn(8, 4))[0] for _ in range(2)]
+    assert all(torch.isfinite(v) and not v.requires_grad for v in losses)
+    assert any(not torch.equal(a, p) for a, p in zip(before, params)) and all(p.grad is None for p in params)
+    info = step.info()
+    assert info["cuda_graph"] is False and info["cuda_graph_error"] and info["warmup_steps"] == 0
+    assert "training on in eager mode" in capsys.readouterr().out
+
+
 def _step_pair(build, loss_of, lr=1e-2):
     """The same model twice, one stepped eagerly and one through a captured graph."""
     dev = torch.device("cuda")

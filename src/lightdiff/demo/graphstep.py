@@ -77,7 +77,7 @@ class GraphedStep:
         self.graph = None
         self.static_in: list = []
         self.static_out: tuple = ()
-        self.eager = None  # set when capture failed: the rest of the phase runs eagerly
+        self.failed = False  # capture failed: the rest of the phase runs eagerly
         self.first_step_s: float | None = None
         self.warmup_steps = 0
         self.error: str | None = None
@@ -109,9 +109,14 @@ class GraphedStep:
             self.static_out = self._step(*self.static_in)
         self.graph = graph
 
+    def _eager_step(self, *args):
+        out = self._step(*args, fn=self.eager_fn)
+        self.opt.zero_grad(set_to_none=True)
+        return tuple(o.detach() for o in out)
+
     def __call__(self, *args):
-        if self.eager is not None:
-            return self.eager(*args)
+        if self.failed:
+            return self._eager_step(*args)
         if self.graph is None:
             t0 = time.perf_counter()
             try:
@@ -121,8 +126,8 @@ class GraphedStep:
                 print(f"{self.name}: CUDA graph capture failed ({e!r}); training on in eager mode", flush=True)
                 self.error = repr(e)
                 self.opt.zero_grad(set_to_none=True)
-                self.eager = _EagerFallback(self)
-                out = self.eager(*args)
+                self.failed = True
+                out = self._eager_step(*args)
                 self.first_step_s = time.perf_counter() - t0
                 return out
             out = self._replay(args)
@@ -139,18 +144,8 @@ class GraphedStep:
         return tuple(o.detach().clone() for o in self.static_out)
 
     def info(self) -> dict:
-        out = {"cuda_graph": self.graph is not None and self.eager is None,
+        out = {"cuda_graph": self.graph is not None and not self.failed,
                "first_step_seconds": round(self.first_step_s or 0.0, 1), "warmup_steps": self.warmup_steps}
         if self.error:
             out["cuda_graph_error"] = self.error
         return out
-
-
-class _EagerFallback:
-    def __init__(self, graphed: GraphedStep):
-        self.g = graphed
-
-    def __call__(self, *args):
-        out = self.g._step(*args, fn=self.g.eager_fn)
-        self.g.opt.zero_grad(set_to_none=True)
-        return tuple(o.detach() for o in out)
