@@ -28,6 +28,22 @@ def test_fp8_linear_matches_the_linear_within_fp8_rounding_for_any_rows():
     assert zero.dtype == torch.float32 and torch.allclose(zero, linear.bias.expand(4, 48), atol=1e-3)
 
 
+def test_fast_accumulation_applies_the_same_row_and_column_scales_after_the_matmul():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    with torch.no_grad():  # rows of very different magnitude: wrong or missing scales would show at once
+        linear.weight.mul_(torch.logspace(-2, 2, 48)[:, None])
+    quant = fp8.Fp8Linear(linear)
+    x = torch.randn(2, 7, 64) * torch.logspace(-3, 3, 7)[None, :, None]
+    rowwise = quant(x)
+    assert fp8.set_fast_accum(torch.nn.Sequential(quant), True) == 1 and quant.fast_accum
+    fast = quant(x)
+    assert fast.shape == rowwise.shape == (2, 7, 48)
+    assert (fast - rowwise).norm() / rowwise.norm() < 0.01  # bf16 rounding apart: the same products and scales
+    assert (fast - linear(x)).norm() / linear(x).norm() < 0.06
+    assert "unit_scale" not in quant.state_dict()  # a constant, not part of the saved layer
+
+
 def test_rows_are_padded_to_what_the_fp8_matmul_accepts():
     assert [fp8.padded_rows(r) for r in (1, 16, 17, 300)] == [16, 16, 32, 304]
     # a shape cuBLAS refuses below 257 rows (pytorch/ao#4582) is padded to the rows it accepts
@@ -47,6 +63,7 @@ def test_quantized_qwen_twin_draws_nearly_the_resident_image():
     done = fp8.quantize_denoiser(den)
     assert done["layers"] == len(wanted) and not done["kept_precise"]
     assert all(isinstance(den.get_submodule(n), fp8.Fp8Linear) for n in wanted)
+    assert done["fast_accum"] and all(den.get_submodule(n).fast_accum for n in wanted)  # the measured faster mode
     assert den.dtype == plain.pipe.transformer.dtype  # fp8 buffers do not change what the pipeline computes in
     after = np.asarray(txt2img.run(quant, REQUEST).images[0]).astype(int)
     assert np.abs(before - after).max() <= FP8_PIXEL_TOLERANCE
@@ -110,9 +127,32 @@ def test_engine_compiles_fp8_compute_and_draws_close_to_resident():
     from lightdiff.workflows.engine import Engine
 
     want = Engine(device="cuda", plan="resident", fast="off").run(REQUEST)
-    got = Engine(device="cuda", plan="fp8-compute", fast="auto").run(REQUEST)
+    engine = Engine(device="cuda", plan="fp8-compute", fast="auto")
+    got = engine.run(REQUEST)
     info = got.metadata[0]["plan_info"]
     assert got.metadata[0]["plan"] == "fp8-compute" and info.get("compiled") == "repeated blocks"
-    assert info["fp8"]["layers"] > 0
+    assert info["fp8"]["layers"] > 0 and info["fp8"]["fast_accum"]
+    # a request of another size re-estimates the plan; what loading did stays in its metadata
+    again = engine.run({**REQUEST, "width": 96, "height": 96}).metadata[0]["plan_info"]
+    assert again["fp8"] == info["fp8"] and again["for"]["width"] == 96
     diff = np.abs(np.asarray(want.images[0]).astype(int) - np.asarray(got.images[0]).astype(int)).max()
     assert diff <= FP8_PIXEL_TOLERANCE
+
+
+@pytest.mark.gpu
+def test_fast_accumulation_runs_on_the_gpu_for_qwen_shapes_and_stays_close_to_row_wise():
+    """cuBLAS takes fast accumulation with unit per-tensor scales (it refuses it with row-wise ones), at
+    Qwen-Image's shapes and at the text stream's few rows."""
+    if fp8.unsupported_reason("cuda"):
+        pytest.skip(fp8.unsupported_reason("cuda"))
+    torch.manual_seed(0)
+    for k, n in [(3072, 3072), (3072, 12288), (12288, 3072)]:
+        layer = fp8.Fp8Linear(torch.nn.Linear(k, n, dtype=torch.bfloat16, device="cuda"),
+                              min_rows=fp8.fewest_rows(k, n, "cuda"))
+        for rows in (7, 4096):
+            x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
+            layer.fast_accum = False
+            rowwise = layer(x).float()
+            layer.fast_accum = True
+            fast = layer(x).float()
+            assert (fast - rowwise).norm() / rowwise.norm() < 0.01, (k, n, rows)

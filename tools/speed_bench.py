@@ -8,6 +8,8 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
     python tools/speed_bench.py qwen-fp8 -o rows.jsonl --budget 24 --profile p.txt  # fp8 compute compiled
     python tools/speed_bench.py qwen-fp8 -o rows.jsonl --skip-bf16-compile --cudagraphs --budget 24  # + CUDA graphs,
                                             # then under 24 GB with diffusers' VAE tiles against half tiles
+    python tools/speed_bench.py qwen-fp8 -o rows.jsonl --skip-bf16-compile --cudagraphs --cudagraphs-only \
+        --fast-accum --budget 24            # row-wise fp8 with CUDA graphs, then with fast accumulation
 
 Synthetic real-size weights: FLOPs and memory are those of the real models; images are noise.
 """
@@ -205,24 +207,26 @@ def qwen_fp8(args, out, stamp):
             max_abs_diff_vs_eager=float(abs(first - ref).max()))
         uncompile_blocks(pipe.transformer)
     t0 = time.perf_counter()
-    done = fp8.quantize_denoiser(pipe.transformer)
+    done = fp8.quantize_denoiser(pipe.transformer, fast_accum=False)  # row-wise first; --fast-accum then switches
     quantize_s = round(time.perf_counter() - t0, 1)
     print(f"fp8 in {quantize_s} s: {done}", flush=True)
     torch.cuda.empty_cache()
     if args.profile:
         profile_to(args.profile, "fp8 compute eager, 2 steps", lambda: call(2))
-    pipe.transformer.compile_repeated_blocks(fullgraph=True)
-    torch._dynamo.utils.counters.clear()
-    torch.cuda.reset_peak_memory_stats()
-    first, secs = timed(call, args.runs + 1)
-    graphs = dict(torch._dynamo.utils.counters["stats"])
-    row(out, "qwen-image-2512", f"fp8 compute ({done['layers']} linears) + compile_repeated_blocks", secs[1:], 1,
-        flops, stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1), quantize_s=quantize_s,
-        rel_l2_vs_bf16=rel_l2(first, ref), max_abs_diff_vs_bf16=float(abs(first - ref).max()), fp8=done,
-        dynamo_stats={k: int(v) for k, v in graphs.items()})
-    if args.profile:
-        profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
-    variant = "fp8 compute + compile_repeated_blocks"
+    variant, mode, fp8_first = "fp8 compute + compile_repeated_blocks", None, None
+    if not args.cudagraphs_only:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        torch._dynamo.utils.counters.clear()
+        torch.cuda.reset_peak_memory_stats()
+        fp8_first, secs = timed(call, args.runs + 1)
+        graphs = dict(torch._dynamo.utils.counters["stats"])
+        row(out, "qwen-image-2512", f"fp8 compute ({done['layers']} linears) + compile_repeated_blocks", secs[1:], 1,
+            flops, stamp, width=size, compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
+            quantize_s=quantize_s, rel_l2_vs_bf16=rel_l2(fp8_first, ref),
+            max_abs_diff_vs_bf16=float(abs(fp8_first - ref).max()), fp8=done,
+            dynamo_stats={k: int(v) for k, v in graphs.items()})
+        if args.profile:
+            profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
     if args.cudagraphs:  # the same blocks compiled with CUDA graphs: one recording per block (its own weights)
         uncompile_blocks(pipe.transformer)
         # each transformer call starts a new cudagraph-tree generation: cond and uncond outputs stay valid
@@ -231,10 +235,11 @@ def qwen_fp8(args, out, stamp):
         torch.cuda.reset_peak_memory_stats()
         try:
             first, secs = timed(call, args.runs + 2)  # warm-up, then recording
-            variant = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)"
+            variant, mode, fp8_first = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)", \
+                "reduce-overhead", first
             row(out, "qwen-image-2512", variant, secs[2:], 1, flops, stamp, width=size,
                 compile_s=round(secs[0] + secs[1] - 2 * statistics.median(secs[2:]), 1),
-                rel_l2_vs_bf16=rel_l2(first, ref))
+                rel_l2_vs_bf16=rel_l2(first, ref), fp8=done)
             if args.profile:
                 profile_to(args.profile, "fp8 compute compiled with CUDA graphs, 2 steps", lambda: call(2))
         except Exception as e:  # a result, not a crash: the rows say it failed
@@ -244,6 +249,18 @@ def qwen_fp8(args, out, stamp):
             mark.remove()
             uncompile_blocks(pipe.transformer)
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if args.fast_accum:  # the same fp8 values and scales, the matmul with fast accumulation (runtime/fp8.py)
+        fp8.set_fast_accum(pipe.transformer, True)
+        uncompile_blocks(pipe.transformer)
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+        torch.cuda.reset_peak_memory_stats()
+        warm = 2 if mode else 1
+        first, secs = timed(call, args.runs + warm)
+        variant += " + fast accumulation"
+        row(out, "qwen-image-2512", variant, secs[warm:], 1, flops, stamp, width=size,
+            compile_s=round(sum(secs[:warm]) - warm * statistics.median(secs[warm:]), 1),
+            rel_l2_vs_bf16=rel_l2(first, ref),
+            rel_l2_vs_fp8_rowwise=None if fp8_first is None else rel_l2(first, fp8_first))
     if args.cfg_batched:  # true CFG's two forwards as one of batch 2 (runtime/cfg_batch.py), compiled
         from lightdiff.runtime import cfg_batch
 
@@ -375,6 +392,11 @@ def main() -> int:
     p.add_argument("--cfg-batched", action="store_true", help="qwen-fp8: then fp8 compiled with CFG batched")
     p.add_argument("--cudagraphs", action="store_true",
                    help="qwen-fp8: then the fp8 blocks compiled with mode='reduce-overhead' (CUDA graphs)")
+    p.add_argument("--cudagraphs-only", action="store_true",
+                   help="qwen-fp8 with --cudagraphs: no fp8 row compiled without CUDA graphs first")
+    p.add_argument("--fast-accum", action="store_true",
+                   help="qwen-fp8: then the fp8 matmuls with fast accumulation (runtime/fp8.set_fast_accum), "
+                        "compiled as the row before; the budget rows use it")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file")
     p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
                                                 "planner's plan and measure CFG two-call vs batched")

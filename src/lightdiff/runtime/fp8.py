@@ -20,6 +20,11 @@ feed-forward output Linear(12288 -> 3072) on the text stream failed up to 256 ro
 (pytorch/ao#4582; H100, 2026-11-26), where this module's call ran it at 16 rows (2026-11-27). Support is by
 shape, layout and cuBLAS version, so ``quantize_denoiser`` asks the card, once per layer shape, for the
 fewest rows that work (16, else 272, else 1024); a shape that fails at every count stays in the compute dtype.
+
+Fast accumulation (``fast_accum``): cuBLAS refuses ``use_fast_accum`` with row-wise scales, so this mode
+multiplies the same fp8 values with unit per-tensor scales and fast accumulation, and applies the row and
+column scales to the bf16 product afterwards (an elementwise step Inductor fuses into what follows). Same
+quantization, same scales; only the tensor cores' accumulation differs (Hopper's fast mode keeps fewer bits).
 """
 
 from __future__ import annotations
@@ -49,14 +54,17 @@ def padded_rows(rows: int, min_rows: int = 0, multiple: int = ROW_MULTIPLE) -> i
 class Fp8Linear(torch.nn.Module):
     """A Linear computed in fp8: weight quantized once per output row, input per row at each call."""
 
-    def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE):
+    def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE, fast_accum: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.min_rows = min_rows  # some shapes need more rows than any multiple of 16 (module docstring)
+        self.fast_accum = fast_accum
         values, scale = quantize_rows(linear.weight.detach())
         self.register_buffer("weight_fp8", values)  # (out, in); buffers: `model.dtype` stays the compute dtype
         self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out), as _scaled_mm wants
         self.bias = linear.bias
+        self.register_buffer("unit_scale", torch.ones((), dtype=torch.float32, device=values.device),
+                             persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:  # what callers read off a layer: its device, dtype and shape
@@ -73,12 +81,19 @@ class Fp8Linear(torch.nn.Module):
         # bf16 out (and bias): cuBLAS's row-wise scaled fp8 matmul refuses fp32 ones (a model in fp32, such as
         # the tiny twins on a GPU); use_fast_accum: it refuses that with row-wise scales too (H100, 2026-11-27)
         bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-        out = torch._scaled_mm(values, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
-                               out_dtype=torch.bfloat16)
-        return out[:rows].reshape(*lead, self.out_features).to(x.dtype)
+        if self.fast_accum:  # unit scales in the matmul, the row and column scales after it
+            out = torch._scaled_mm(values, self.weight_fp8.t(), scale_a=self.unit_scale, scale_b=self.unit_scale,
+                                   out_dtype=torch.bfloat16, use_fast_accum=True)
+            out = out[:rows].float() * scale[:rows] * self.weight_scale
+            out = (out if bias is None else out + bias).to(torch.bfloat16)
+        else:
+            out = torch._scaled_mm(values, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
+                                   out_dtype=torch.bfloat16)[:rows]
+        return out.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, min_rows={self.min_rows}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, min_rows={self.min_rows}, "
+                f"fast_accum={self.fast_accum}")
 
 
 def quantizable(module: torch.nn.Module, name: str) -> bool:
@@ -99,11 +114,13 @@ def unsupported_reason(device) -> str | None:
     return None
 
 
-def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16) -> int | None:
-    """The fewest rows (of ROW_COUNTS_TO_TRY) an fp8 matmul of this shape runs with on ``device``;
-    None when it fails at every count. Asks the card: cuBLAS's support is by shape and version."""
+def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16, fast_accum: bool = False) -> int | None:
+    """The fewest rows (of ROW_COUNTS_TO_TRY) an fp8 matmul of this shape runs with on ``device`` (in the
+    accumulation mode given); None when it fails at every count. Asks the card: cuBLAS's support is by shape
+    and version."""
     for rows in ROW_COUNTS_TO_TRY:
-        probe = Fp8Linear(torch.nn.Linear(in_features, out_features, dtype=dtype, device=device), min_rows=rows)
+        probe = Fp8Linear(torch.nn.Linear(in_features, out_features, dtype=dtype, device=device), min_rows=rows,
+                          fast_accum=fast_accum)
         try:
             probe(torch.zeros(1, in_features, dtype=dtype, device=device))
             if str(device).startswith("cuda"):
@@ -115,17 +132,30 @@ def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat1
     return None
 
 
-def quantize_denoiser(denoiser: torch.nn.Module, device=None) -> dict:
+def set_fast_accum(denoiser: torch.nn.Module, on: bool) -> int:
+    """Switch every ``Fp8Linear`` of ``denoiser`` to (or from) fast accumulation; returns how many.
+    Compiled code traced the old mode: recompile after switching."""
+    layers = [m for m in denoiser.modules() if isinstance(m, Fp8Linear)]
+    for m in layers:
+        m.fast_accum = on
+    return len(layers)
+
+
+def quantize_denoiser(denoiser: torch.nn.Module, device=None, fast_accum: bool = True) -> dict:
     """Replace the denoiser's quantizable Linear layers by ``Fp8Linear`` (in place).
 
     With ``device``, each layer is moved there just before it is converted, so a bf16 model in host
     RAM never needs its full bf16 size on the GPU. Returns what was done: layers converted, the rows
-    each shape is padded to, and the shapes left in the compute dtype."""
+    each shape is padded to, and the shapes left in the compute dtype.
+
+    ``fast_accum`` (the default): qwen-image-2512 at 1024, 20 steps, true CFG, compiled blocks with CUDA
+    graphs took 4.39 s against 4.78 s row-wise accumulated (H100, 2026-11-27, one process; relative L2 to
+    the bf16 image 0.0194 against 0.0188, synthetic weights)."""
     run_on = device or next(denoiser.parameters()).device
     dtype = next(denoiser.parameters()).dtype
     wanted = {n: mod for n, mod in denoiser.named_modules() if quantizable(mod, n)}
     shapes = {(m.in_features, m.out_features) for m in wanted.values()}
-    rows = {shape: fewest_rows(*shape, run_on, dtype) for shape in sorted(shapes)}
+    rows = {shape: fewest_rows(*shape, run_on, dtype, fast_accum) for shape in sorted(shapes)}
     kept = sorted(n for n, m in wanted.items() if rows[(m.in_features, m.out_features)] is None)
     converted = 0
     for name in sorted(wanted):
@@ -135,7 +165,7 @@ def quantize_denoiser(denoiser: torch.nn.Module, device=None) -> dict:
             continue
         parent_name, _, child = name.rpartition(".")
         parent = denoiser.get_submodule(parent_name) if parent_name else denoiser
-        setattr(parent, child, Fp8Linear(linear.to(run_on), min_rows))
+        setattr(parent, child, Fp8Linear(linear.to(run_on), min_rows, fast_accum))
         converted += 1
     return {"layers": converted, "min_rows": {f"{k}x{n}": r for (k, n), r in sorted(rows.items())},
-            "kept_precise": kept}
+            "kept_precise": kept, "fast_accum": fast_accum}
