@@ -59,12 +59,13 @@ PAGEABLE_EFFICIENCY = 0.5
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
 INT8_DEQUANT_BYTES_PER_PARAM = 3
 # fp8 compute (runtime/fp8.py), compiled, as the engine's speed path runs it: a denoiser call's time as a
-# share of the bf16 compute model's. Set from the 2026-11-27 H100 profile (qwen-image-2512 1024, eager: fp8
-# matmuls 199 ms against bf16's 327 ms over two steps, attention unchanged, the per-row quantization fused by
-# Inductor), then CHECKED on the same card through the engine (docs/benchmarks/2026-11-27b-h100): predicted vs
-# measured 5.44/5.27 s at 1024 and 4.10/3.93 s at 768 under 24 GB; at 512 3.26 vs 3.63 s (the compiled blocks
-# are CPU-bound there). Other fp8 cards are assumed to keep the H100's fp8/bf16 ratio (2x in specs/cards.py).
-FP8_COMPILED_COMPUTE_FACTOR = 0.6
+# share of the bf16 compute model's. CALIBRATED on the engine's row with fast accumulation (the default since
+# 2026-11-27, fourth session; docs/benchmarks/2026-11-27d-h100): qwen-image-2512 1024 under 24 GB, half tiles,
+# measured 4.55 s (median of 5), predicted 4.54 s. The factor before it, 0.6, was set from an eager profile
+# with row-wise accumulation and predicted 5.44 s for 5.27 s measured. At 512 the compiled blocks are
+# CPU-bound (3.63 s measured row-wise), which this model does not see. Other fp8 cards are assumed to keep the
+# H100's fp8/bf16 ratio (2x in specs/cards.py).
+FP8_COMPILED_COMPUTE_FACTOR = 0.39
 
 
 @dataclass(frozen=True)

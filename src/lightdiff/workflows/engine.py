@@ -27,8 +27,9 @@ from lightdiff.runtime.device import GiB, cap_vram, pick_device
 from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
 
-# what the speed path records in a loaded model's plan_info; kept when the plan is re-estimated
-FAST_PATH_INFO = ("compiled", "cfg")
+# what loading (fp8 conversion) and the speed path record in a loaded model's plan_info: true of the loaded
+# model for every request, so kept when the plan is re-estimated for one
+FAST_PATH_INFO = ("compiled", "cfg", "fp8")
 
 
 def is_oom(error: BaseException) -> bool:
