@@ -114,7 +114,8 @@ def unsupported_reason(device) -> str | None:
     return None
 
 
-def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16, fast_accum: bool = False) -> int | None:
+def fewest_rows(in_features: int, out_features: int, device, dtype=torch.bfloat16,
+                fast_accum: bool = False) -> int | None:
     """The fewest rows (of ROW_COUNTS_TO_TRY) an fp8 matmul of this shape runs with on ``device`` (in the
     accumulation mode given); None when it fails at every count. Asks the card: cuBLAS's support is by shape
     and version."""
