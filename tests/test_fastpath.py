@@ -1,5 +1,7 @@
 """The speed path computes the same images as plain diffusers (where it runs on the CPU)."""
 
+from types import SimpleNamespace
+
 import diffusers
 import numpy as np
 import pytest
@@ -43,8 +45,20 @@ def test_persistent_compile_cache_lives_in_lightdiff_home(monkeypatch, tmp_path)
     assert fastpath.persist_compile_cache() == str(tmp_path / "inductor")
 
 
+def test_graph_loop_marks_steps_for_every_mode_that_replays_cuda_graphs():
+    """A replayed graph overwrites its output: the loop must mark each step and copy the latents for every
+    compile mode that records CUDA graphs, max-autotune included, and for no other."""
+    pipe = SimpleNamespace(unet=None, scheduler=SimpleNamespace(config={}))
+    modes = {m: fastpath.SD15GraphLoop(pipe, compiled=True, mode=m).graphed
+             for m in ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")}
+    assert modes == {"reduce-overhead": True, "max-autotune": True, "max-autotune-no-cudagraphs": False,
+                     "default": False}
+    assert not fastpath.SD15GraphLoop(pipe, compiled=False, mode="reduce-overhead").graphed
+
+
 @pytest.mark.gpu
-def test_compiled_graph_loop_matches_eager_on_gpu():
+@pytest.mark.parametrize("mode", fastpath.CUDA_GRAPH_MODES)
+def test_compiled_graph_loop_matches_eager_on_gpu(mode):
     from lightdiff.runtime import loader
 
     lm = loader.load("tiny-sd15", device="cuda", dtype=torch.float16)
@@ -53,7 +67,7 @@ def test_compiled_graph_loop_matches_eager_on_gpu():
     ref = pipe(prompt="x", width=64, height=64, num_inference_steps=4, guidance_scale=7.0,
                generator=generators(1, 1)).images[0]
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
-    out = fastpath.SD15GraphLoop(pipe, compiled=True)("x", None, 64, 64, 4, 7.0, generators(1, 1))[0]
+    out = fastpath.SD15GraphLoop(pipe, compiled=True, mode=mode)("x", None, 64, 64, 4, 7.0, generators(1, 1))[0]
     assert np.abs(np.asarray(ref, dtype=int) - np.asarray(out, dtype=int)).max() <= 3
 
 

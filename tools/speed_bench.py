@@ -3,6 +3,7 @@ in one process per model, on one card. Writes JSONL rows with the env stamp, FLO
 
     python tools/speed_bench.py sd15 -o rows.jsonl          # eager, compile, graph-loop, batches
     python tools/speed_bench.py sd15-warm -o rows.jsonl     # a second process: compile-cache start time
+    python tools/speed_bench.py sd15 -o rows.jsonl --sd15-mode max-autotune --profile p.txt  # autotuned step
     python tools/speed_bench.py qwen -o rows.jsonl          # eager, attention backends, CFG batched, compiled
     python tools/speed_bench.py qwen -o rows.jsonl --budget 24  # ... then the 24 GB plan, CFG two-call vs batched
     python tools/speed_bench.py qwen-fp8 -o rows.jsonl --budget 24 --profile p.txt  # fp8 compute compiled
@@ -104,7 +105,8 @@ def sd15(args, out, stamp, warm_only=False):
     def eager(b=1):
         return pipe(**kw, num_images_per_prompt=b, generator=generators(1, b)).images
 
-    loop = fastpath.SD15GraphLoop(pipe, compiled=True, mode="reduce-overhead")
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, mode=args.sd15_mode)
+    label = "graph-loop" + ("" if args.sd15_mode == "reduce-overhead" else f" ({args.sd15_mode})")
 
     def fast(b=1):
         return loop(kw["prompt"], kw["negative_prompt"], 512, 512, 20, 7.0, generators(1, b), num_images_per_prompt=b)
@@ -120,15 +122,17 @@ def sd15(args, out, stamp, warm_only=False):
     first, secs = timed(fast, max(3, args.runs))
     compile_s = time.perf_counter() - t0 - sum(secs[1:])
     if warm_only:
-        row(out, "sd15", "graph-loop (warm compile cache)", secs, 1, None, stamp, compile_s=round(compile_s, 1))
+        row(out, "sd15", f"{label} (warm compile cache)", secs, 1, None, stamp, compile_s=round(compile_s, 1))
         return
     dev = float(abs(pixels(first) - pixels(ref)).max())
-    row(out, "sd15", "graph-loop + compiled VAE", secs, 1, flops, stamp, compile_s=round(compile_s, 1),
+    row(out, "sd15", f"{label} + compiled VAE", secs, 1, flops, stamp, compile_s=round(compile_s, 1),
         max_abs_pixel_diff_vs_eager=dev)
+    if args.profile:  # what bounds the graphed loop at batch 1: launches, kernels, the VAE
+        profile_to(args.profile, f"sd15 {label} + compiled VAE, 20 steps, batch 1", fast)
     for b in args.batches:
         fl = count_flops(lambda: eager(b))
         _, secs = timed(lambda: fast(b), args.runs)
-        row(out, "sd15", "graph-loop + compiled VAE", secs, b, fl, stamp)
+        row(out, "sd15", f"{label} + compiled VAE", secs, b, fl, stamp)
         _, secs = timed(lambda: eager(b), 2)
         row(out, "sd15", "baseline (diffusers eager)", secs, b, fl, stamp)
 
@@ -397,7 +401,10 @@ def main() -> int:
     p.add_argument("--fast-accum", action="store_true",
                    help="qwen-fp8: then the fp8 matmuls with fast accumulation (runtime/fp8.set_fast_accum), "
                         "compiled as the row before; the budget rows use it")
-    p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file")
+    p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file; "
+                                     "sd15: a table of one graphed 20-step image")
+    p.add_argument("--sd15-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune"],
+                   help="sd15: torch.compile mode of the graphed Euler step (both replay CUDA graphs)")
     p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
                                                 "planner's plan and measure CFG two-call vs batched")
     args = p.parse_args()

@@ -148,6 +148,10 @@ def euler_cfg_step(unet, latents, t, sigma, sigma_next, embeds, guidance, predic
     return (sample + derivative * (sigma_next - sigma)).to(latents.dtype)
 
 
+# torch.compile modes that replay CUDA graphs (max-autotune does too; max-autotune-no-cudagraphs does not)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 class SD15GraphLoop:
     """txt2img for SD1.5 with Euler and CFG, each step one captured graph. Output matches diffusers."""
 
@@ -160,7 +164,7 @@ class SD15GraphLoop:
         step = functools.partial(euler_cfg_step, pipe.unet,
                                  prediction_type=pipe.scheduler.config.get("prediction_type", "epsilon"))
         self.step = torch.compile(step, mode=mode, fullgraph=True) if compiled else step
-        self.graphed = compiled and mode == "reduce-overhead"
+        self.graphed = compiled and mode in CUDA_GRAPH_MODES
 
     def supports(self, family: str, scheduler: str, guidance: float) -> bool:
         return family == "sd15" and scheduler == "euler" and guidance > 1.0
