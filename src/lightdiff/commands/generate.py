@@ -22,6 +22,9 @@ def add_generation_arguments(p):
     p.add_argument("--seed", type=int)
     p.add_argument("--batch", type=int, default=1, dest="batch_size", help="images per prompt")
     p.add_argument("--scheduler")
+    p.add_argument("--step-cache", choices=["fbc", "taylorseer"],
+                   help="reuse denoiser work across steps (diffusers' First Block Cache or TaylorSeer; "
+                        "transformer models such as qwen-image): faster, and a different image; off by default")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--vram-budget", type=float, help="GB: behave like a card of this size")
     p.add_argument("--ram-budget", type=float, help="GB of host RAM the offload plans may use")
@@ -63,7 +66,7 @@ def request_from_args(args) -> dict:
            "batch_size": args.batch_size}
     if args.size:
         req["width"] = req["height"] = args.size
-    for key in ("negative_prompt", "width", "height", "steps", "guidance", "seed", "scheduler"):
+    for key in ("negative_prompt", "width", "height", "steps", "guidance", "seed", "scheduler", "step_cache"):
         if getattr(args, key, None) is not None:
             req[key] = getattr(args, key)
     return req

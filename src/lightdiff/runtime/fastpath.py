@@ -19,6 +19,7 @@ Step caching (First Block Cache, TaylorSeer, MagCache) changes the output and is
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from lightdiff import settings
@@ -105,23 +106,53 @@ def apply_compile(pipe, mode: str = "max-autotune-no-cudagraphs") -> None:
     pipe.vae.decoder.compile(fullgraph=True, mode=mode)
 
 
-def apply_cache(pipe, kind: str) -> None:
-    """Step caching through diffusers' cache hooks: reuses denoiser work across steps; changes the output."""
-    den = denoiser_of(pipe)
+# Step caches (diffusers' cache hooks) reuse denoiser work across steps: faster, and a different image. Off
+# unless a request asks (``step_cache``); every image that used one says so. MagCache is not offered: diffusers
+# needs per-model ratios calibrated on real weights for it, which no machine here has.
+STEP_CACHES = ("fbc", "taylorseer")
+STEP_CACHE_WARNING = ("step_cache={kind!r} reuses denoiser work across steps and changes the image; a speed-up "
+                      "measured on synthetic weights says nothing about its quality on real ones.")
+
+
+def check_step_cache(kind: str | None, spec) -> None:
+    """Before anything loads: an unknown cache, or one for a UNet (diffusers' cache hooks are for
+    transformer denoisers), is a clear error naming the value and the fix."""
+    from lightdiff.errors import InvalidRequest
+    from lightdiff.runtime.plan_model import PROFILES
+
+    if kind is None:
+        return
+    if kind not in STEP_CACHES:
+        raise InvalidRequest("step_cache", f"step_cache={kind!r} is not a step cache lightdiff offers.",
+                             f"Use one of: {', '.join(STEP_CACHES)}; or leave it out (the default: no caching).")
+    profile = PROFILES.get(spec.family)
+    if profile is None or profile.denoiser != "transformer":
+        raise InvalidRequest("step_cache", f"step_cache={kind!r} needs a transformer denoiser; {spec.id} "
+                             f"({spec.family}) has a UNet, which diffusers' cache hooks do not support.",
+                             "Leave step_cache out for this model.")
+
+
+@contextmanager
+def step_cache(pipe, kind: str | None):
+    """The denoiser with ``kind``'s cache hooks for the duration (none for None), removed afterwards, so the
+    next request computes every step again."""
+    if kind is None:
+        yield
+        return
     if kind == "fbc":
         from diffusers.hooks import FirstBlockCacheConfig
 
-        den.enable_cache(FirstBlockCacheConfig(threshold=0.08))
-    elif kind == "taylorseer":
+        config = FirstBlockCacheConfig(threshold=0.08)
+    else:
         from diffusers import TaylorSeerCacheConfig
 
-        den.enable_cache(TaylorSeerCacheConfig())
-    elif kind == "magcache":
-        from diffusers import MagCacheConfig
-
-        den.enable_cache(MagCacheConfig())
-    else:
-        raise ValueError(f"unknown cache {kind!r}")
+        config = TaylorSeerCacheConfig()
+    den = denoiser_of(pipe)
+    den.enable_cache(config)
+    try:
+        yield
+    finally:
+        den.disable_cache()
 
 
 # --- SD1.5: one compiled, graph-captured Euler step ------------------------------------------------

@@ -39,6 +39,8 @@ class BaseRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**32)
     batch_size: int = Field(1, ge=1, le=64)
     scheduler: str | None = None
+    # "fbc" or "taylorseer": diffusers' step caches for transformer denoisers; they change the image (off: None)
+    step_cache: str | None = None
 
 
 def parse(cls: type[BaseModel], data: dict | BaseModel) -> BaseModel:
@@ -151,6 +153,8 @@ def image_metadata(loaded, workflow: str, r: Resolved, index: int, request: Base
     }
     if loaded.synthetic:
         meta["note"] = "synthetic weights: random values, the image is noise"
+    if getattr(request, "step_cache", None):
+        meta["step_cache"] = {"kind": request.step_cache, "changes_output": True}
     meta.update(extra or {})
     return meta
 

@@ -24,6 +24,7 @@ from lightdiff import outputs, specs, workflows
 from lightdiff.errors import BadOutput, OutOfMemory
 from lightdiff.runtime import plan as plans
 from lightdiff.runtime.device import GiB, cap_vram, pick_device
+from lightdiff.runtime.fastpath import STEP_CACHE_WARNING, check_step_cache, step_cache
 from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
 
@@ -164,6 +165,7 @@ class Engine:
         req = parse(wf.Request, request)
         spec = specs.get(req.model)
         resolve(req, spec)  # sizes, scheduler, guidance: fail before any weights are loaded
+        check_step_cache(req.step_cache, spec)
         if hasattr(wf, "validate"):
             wf.validate(req, spec)
         return wf, req
@@ -202,6 +204,8 @@ class Engine:
             req = req.model_copy(update={"seed": secrets.randbelow(2**32)})
         r = resolve(req, specs.get(req.model))
         plan, warnings = self._plan(req, *memory_request(wf, req))
+        if req.step_cache:
+            warnings = [*warnings, STEP_CACHE_WARNING.format(kind=req.step_cache)]
         return self._run_with_backoff(wf, req, r, plan, warnings, progress, cancel)
 
     def _not_automatic(self) -> tuple:
@@ -234,7 +238,8 @@ class Engine:
                     set_vae_tiling(loaded, tiled, tile_px)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
                 attach_fast_path(loaded, self.fast)
-                result = wf.run(loaded, sub, progress=progress, cancel=cancel)
+                with step_cache(loaded.pipe, req.step_cache):
+                    result = wf.run(loaded, sub, progress=progress, cancel=cancel)
                 fallbacks.extend(e for e in state.events if e not in fallbacks)
                 if result.images and _all_black(result.images):
                     self._black_output(loaded, r, fallbacks)
