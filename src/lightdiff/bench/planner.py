@@ -90,7 +90,9 @@ def plan_for_item(mod, spec, item, group, hw: Hardware, name: str | None = None)
     if name:
         return mod.plan_for(mod.Strategy.named(name), spec, width, height, item.batch_size,
                             _vram_for(group, hw), **kw)
-    return mod.choose(spec, width, height, item.batch_size, _vram_for(group, hw), **kw)
+    # as the engine chooses: only plans this device runs, and fp8 compute (priced compiled) only with --fast auto
+    return mod.choose(spec, width, height, item.batch_size, _vram_for(group, hw), device="cuda" if hw.gpu else "cpu",
+                      exclude=mod.excluded_for(getattr(group, "fast", "off")), **kw)
 
 
 def predicted(plan) -> dict:
