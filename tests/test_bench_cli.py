@@ -97,3 +97,40 @@ def test_the_speed_path_is_measured_only_when_asked_and_each_row_says_what_ran(t
         rows[fast] = row["fast"]
     assert rows["off"] == {"mode": "off"}
     assert rows["eager"] == {"mode": "eager", "cfg": "batched"}
+
+
+def test_a_step_cache_bench_row_and_its_report_say_the_output_changed(tmp_path, capsys):
+    out = tmp_path / "cache.jsonl"
+    args = ["bench", "--models", "tiny-qwen-image", "--sizes", "64", "--steps", "6", "--runs", "1", "--weights", "twin",
+            "--device", "cpu", "--no-flops", "--baseline", "-o", str(out)]
+    assert main(args + ["--step-cache", "taylorseer"]) == 0
+    rows = {r["variant"]: r for r in read_jsonl(out)}
+    assert rows["lightdiff"]["status"] == "ok"
+    assert rows["lightdiff"]["step_cache"] == {"kind": "taylorseer", "changes_output": True}
+    assert "step_cache" not in rows["baseline"]  # plain diffusers runs every step
+    assert problems({k: v for k, v in rows["lightdiff"].items() if k != "_source"}) == []
+    assert main(["report", str(out), "-o", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "taylorseer" in text and "not evidence of its quality" in text
+    # refused before anything runs: a cache for a UNet model
+    assert main(["bench", "--models", "tiny-sd15", "--step-cache", "fbc", "--dry-run"]) == 2
+    assert "UNet" in capsys.readouterr().err
+
+
+def test_the_bench_plans_as_the_engine_does_for_its_device_and_speed_path():
+    """A CPU run gets only plans a CPU runs, and fp8 compute (priced compiled) only with --fast auto."""
+    from lightdiff import specs
+    from lightdiff.bench.cases import Group, Item
+    from lightdiff.bench.planner import Hardware, plan_for_item, plan_module
+
+    def plan(model, size, hw, fast, budget=None):
+        item = Item("speed", size, size, 1)
+        group = Group(model=model, variant="lightdiff", weights="synthetic", items=[item], fast=fast,
+                      vram_budget_gb=budget)
+        return plan_for_item(plan_module(), specs.get(model), item, group, hw).name
+
+    cpu = Hardware(None, None, 24.0)
+    assert {plan("tiny-qwen-image", 64, cpu, fast) for fast in ("off", "auto")} == {"resident"}
+    h100 = Hardware("NVIDIA H100 80GB HBM3", 79.6, 500.0)
+    assert plan("qwen-image-2512", 1024, h100, "auto", 24) == "fp8-compute"
+    assert plan("qwen-image-2512", 1024, h100, "off", 24) != "fp8-compute"

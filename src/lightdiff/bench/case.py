@@ -196,10 +196,14 @@ class Call:
         return self._with_plan_events(lambda: wf.run(self.loaded, {**base, **request}))
 
     def _with_plan_events(self, fn) -> dict:
-        """Run, and add the plan's in-run fallbacks (e.g. a VAE decode retried in float32) to the outcome."""
+        """Run (with the group's step cache, if any), and add the plan's in-run fallbacks (e.g. a VAE decode
+        retried in float32) to the outcome."""
+        from lightdiff.runtime.fastpath import step_cache
+
         state = getattr(self.loaded, "plan_state", None)
         seen = len(getattr(state, "events", None) or [])
-        out = _outcome(fn())
+        with step_cache(self.loaded.pipe, self.group.step_cache):
+            out = _outcome(fn())
         for event in (getattr(state, "events", None) or [])[seen:]:
             if str(event) not in out["fallbacks"]:
                 out["fallbacks"].append(str(event))
@@ -359,6 +363,8 @@ class CaseProcess:
             row["plan_info"] = self.plan_choice.info
         if self.group.variant == "lightdiff":
             row["fast"] = {"mode": self.group.fast, **_speed_path_parts(getattr(self, "loaded", None))}
+        if self.group.step_cache:
+            row["step_cache"] = {"kind": self.group.step_cache, "changes_output": True}
         return row
 
     def run_item(self, item: Item) -> dict:

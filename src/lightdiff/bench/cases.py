@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from lightdiff import specs
 from lightdiff.errors import InvalidRequest
+from lightdiff.runtime.fastpath import check_step_cache
 
 ITEM_KINDS = ("speed", "batch", "boundary", "workflow")
 VARIANTS = ("lightdiff", "baseline")
@@ -79,6 +80,7 @@ class Group:
     disk_read_gbps: float | None = None  # measured once by the parent
     inject: dict | None = None  # test-only, process level (e.g. {"sleep_s": 30} before the imports)
     fast: str = "off"  # lightdiff's speed path (engine.attach_fast_path): off, eager or auto; baseline ignores it
+    step_cache: str | None = None  # fbc | taylorseer (runtime/fastpath.step_cache): changes the output; baseline ignores it
 
     def label(self) -> str:
         budget = f"{self.vram_budget_gb:g}GB" if self.vram_budget_gb else "whole card"
@@ -119,6 +121,7 @@ class Grid:
     guidance: float | None = None
     prompt: str = DEFAULT_PROMPT
     fast: str = "off"
+    step_cache: str | None = None
 
 
 def parse_batch_test(text: str) -> tuple[int, int]:
@@ -193,6 +196,7 @@ def build_groups(grid: Grid) -> list[Group]:
             spec = None
         if spec is not None:
             _check_sizes(spec, sizes)
+            check_step_cache(grid.step_cache, spec)
         base = sizes[0]
         items = speed_items(sizes, grid.batches, grid.full_batch_grid)
         if grid.batch_test:
@@ -209,7 +213,8 @@ def build_groups(grid: Grid) -> list[Group]:
                 group = Group(model=model, variant=variant, weights=grid.weights, items=mine,
                               device=grid.device, vram_budget_gb=budget, steps=grid.steps, guidance=grid.guidance,
                               runs=grid.runs, prompt=grid.prompt, plan=grid.plan if variant == "lightdiff" else None,
-                              fast=grid.fast if variant == "lightdiff" else "off")
+                              fast=grid.fast if variant == "lightdiff" else "off",
+                              step_cache=grid.step_cache if variant == "lightdiff" else None)
                 if grid.isolate:
                     groups.extend(group.with_items([it]) for it in mine)
                 else:

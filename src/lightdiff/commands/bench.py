@@ -44,6 +44,9 @@ def add_arguments(p):
                    help="lightdiff's speed path, as the engine applies it (auto: compiled and CUDA graphs on CUDA; "
                         "compile time lands in first_s). Off by default: the checked-in rows measure the memory "
                         "plan alone, and the speed path is measured by tools/speed_bench.py")
+    p.add_argument("--step-cache", choices=["fbc", "taylorseer"], default=None,
+                   help="lightdiff rows with diffusers' step cache (transformer models): it changes the image, "
+                        "and a speed-up on synthetic weights is no evidence of its quality; rows and report say so")
     p.add_argument("--isolate", action="store_true",
                    help="one fresh process per case (default: one per model, variant and budget; the first case "
                         "of each process carries the cold start)")
@@ -68,7 +71,7 @@ def grid_from_args(args):
         boundary=args.boundary, workflows=[w.strip() for w in args.workflows.split(",") if w.strip()],
         full_batch_grid=args.full_batch_grid, isolate=args.isolate,
         plan=None if args.plan in (None, "auto") else args.plan, guidance=args.guidance,
-        prompt=args.prompt or DEFAULT_PROMPT, fast=args.fast,
+        prompt=args.prompt or DEFAULT_PROMPT, fast=args.fast, step_cache=args.step_cache,
     )
 
 

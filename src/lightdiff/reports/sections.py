@@ -47,6 +47,24 @@ def _synthetic_note(rows: list[dict]) -> list:
     return [Note(SYNTHETIC_TEXT)] if any(r.get("synthetic") for r in rows) else []
 
 
+STEP_CACHE_TEXT = ("Step cache: rows whose variant says '+ <kind> step cache' reused denoiser work across steps "
+                   "(diffusers' First Block Cache or TaylorSeer). They change the image, so they are not the same "
+                   "work as the other rows; a speed-up measured on synthetic weights is not evidence of its quality.")
+
+
+def _cache_suffix(r: dict) -> str:
+    cache = (r.get("step_cache") or {}).get("kind")
+    return f" + {cache} step cache" if cache else ""
+
+
+def _variant(r: dict) -> str:
+    return (r.get("variant") or "-") + _cache_suffix(r)
+
+
+def _step_cache_note(rows: list[dict]) -> list:
+    return [Note(STEP_CACHE_TEXT)] if any(r.get("step_cache") for r in rows) else []
+
+
 def stamp_section(results: Results) -> Section:
     s = Section("Setup and stamp")
     s.add(Paragraph("Read from: " + ", ".join(results.files) + f" ({len(results.rows)} rows; "
@@ -59,7 +77,7 @@ def stamp_section(results: Results) -> Section:
                      "date", "host", "rows"],
                     [[num(env.get(k)) for k in keys] + [str(n)] for env, n in envs],
                     "Environment stamp carried by the measured rows."))
-    s.add(*_synthetic_note(results.measured()))
+    s.add(*_synthetic_note(results.measured()), *_step_cache_note(results.measured()))
     return s
 
 
@@ -92,7 +110,7 @@ def speed_section(results: Results, budget_lines: dict[str, float], draw: bool) 
     table = []
     for r in rows:
         pred = r.get("predicted") or {}
-        table.append([r["model"], r.get("variant") or "-", r.get("plan") or "-", budget_text(r.get("vram_budget_gb")),
+        table.append([r["model"], _variant(r), r.get("plan") or "-", budget_text(r.get("vram_budget_gb")),
                       size_text(r), str(r.get("batch_size")), _status(r), num(r.get("sec_per_image")),
                       num(r.get("first_s")), num(r.get("it_per_s")), num(r.get("images_per_s")),
                       _vram3(r.get("peak_vram")),
@@ -108,7 +126,7 @@ def speed_section(results: Results, budget_lines: dict[str, float], draw: bool) 
     s.add(Table(["model", "variant", "plan", "budget", "size", "batch", "status", "s/image", "first call s", "it/s",
                  "images/s", "peak VRAM GB", "predicted peak / s", "compile s", "weights", "fallbacks"], table,
                 "Every speed row (txt2img), including out-of-memory and failed runs."))
-    s.add(*_synthetic_note(rows))
+    s.add(*_synthetic_note(rows), *_step_cache_note(rows))
     ratio = ratio_table(results)
     if ratio:
         s.add(ratio)
@@ -127,7 +145,7 @@ def size_pivot(rows: list[dict]) -> Table | None:
         return None
     lines: dict[tuple, dict] = {}
     for r in batch1:
-        key = (r["model"], r.get("variant") or "-", r.get("plan") or "-", budget_text(r.get("vram_budget_gb")))
+        key = (r["model"], _variant(r), r.get("plan") or "-", budget_text(r.get("vram_budget_gb")))
         lines.setdefault(key, {})[(r["width"], r["height"])] = r
     table = []
     for key, by_size in lines.items():
@@ -161,7 +179,8 @@ def ratio_table(results: Results) -> Table | None:
         if not (ld and base):
             continue
         model, workflow, w, h, bs, budget = key
-        case = [model, workflow, f"{w}x{h}", str(bs), budget_text(budget), f"{base.get('plan')} -> {ld.get('plan')}"]
+        case = [model, workflow, f"{w}x{h}", str(bs), budget_text(budget),
+                f"{base.get('plan')} -> {ld.get('plan')}{_cache_suffix(ld)}"]
         if ld["status"] == "ok" and base["status"] == "ok" and ld.get("sec_per_image") and base.get("sec_per_image"):
             vb, vl = vram_seen(base.get("peak_vram"))[0], vram_seen(ld.get("peak_vram"))[0]
             table.append(case + [num(base["sec_per_image"]), num(ld["sec_per_image"]),
