@@ -1,42 +1,25 @@
-"""The speed path: stock PyTorch/diffusers/torchao techniques, each switchable, measured alone and together.
+"""The speed path: stock PyTorch/diffusers techniques the engine applies (``--fast``), each measured alone and
+together (tools/speed_bench.py).
 
-- ``compile``: torch.compile of the denoiser (regional: repeated transformer blocks for Qwen-Image, the
-  whole UNet for SD1.5, channels_last) and of the VAE decoder. Inductor's caches persist across processes
-  under ``<LIGHTDIFF_HOME>/inductor`` so compilation is paid once.
-- ``graph-loop`` (SD1.5, Euler): one denoising step (CFG batch, UNet, guidance, Euler update) is a single
+- compile: the engine compiles a transformer's repeated blocks (regional compilation); Inductor's caches
+  persist across processes under ``<LIGHTDIFF_HOME>/inductor`` so compilation is paid once.
+- graph loop (SD1.5, Euler): one denoising step (CFG batch, UNet, guidance, Euler update) is a single
   compiled function captured as a CUDA graph, so a step is one graph replay with no host work and no host
   synchronisation between steps. diffusers' loop does several small launches and Python work per step,
   which is what bounds SD1.5 at batch 1 (launch-bound, ~6% of peak). No well-kept library captures the
   whole step, so this loop is ours; it reproduces diffusers' Euler step exactly (a test compares them).
-- ``fp8``: the denoiser's linear layers in fp8 with per-row scales, matmuls on fp8 tensor cores (Hopper,
-  Ada): a transformer's through runtime/fp8.py (torch._scaled_mm), a UNet's through torchao's float8;
-  ``int8wo`` (torchao weight-only int8) elsewhere.
-- ``attention``: a diffusers attention-dispatcher backend (e.g. _native_cudnn, _native_flash), chosen by
+- fp8 compute and int8 weights are memory plans (runtime/fp8.py, runtime/plan_apply.py), picked by the planner.
+- attention: a diffusers attention-dispatcher backend (e.g. _native_cudnn, _native_flash), chosen by
   measurement on the card.
-Step caching (First Block Cache, TaylorSeer, MagCache) changes the output and is off unless asked for.
+- step caches (First Block Cache, TaylorSeer): change the output; off unless a request asks (``step_cache``).
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from lightdiff import settings
-
-TECHNIQUES = ("compile", "graph-loop", "fp8", "int8wo", "attention", "cache")
-
-
-@dataclass
-class FastPathConfig:
-    compile: bool = True
-    graph_loop: bool = True
-    fp8: bool = False
-    int8wo: bool = False
-    attention: str | None = None
-    cache: str | None = None  # "fbc" | "taylorseer" | "magcache": changes the output
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    applied: list[str] = field(default_factory=list)
 
 
 def persist_compile_cache() -> str:
@@ -54,56 +37,6 @@ def denoiser_of(pipe):
 
 def apply_attention_backend(pipe, backend: str) -> None:
     denoiser_of(pipe).set_attention_backend(backend)
-
-
-def apply_quantisation(pipe, kind: str, min_features: int = 1024) -> int:
-    """fp8 or int8 quantisation of the denoiser's Linear layers. Returns the number of layers changed.
-
-    fp8 on a transformer converts every Linear (runtime/fp8.py, no torchao); on a UNet (torchao), and
-    for int8 weight-only, only the large layers (both sides >= ``min_features``) are worth it."""
-    import torch
-
-    den = denoiser_of(pipe)
-    if kind == "fp8" and getattr(den, "_repeated_blocks", None):
-        from lightdiff.runtime import fp8
-
-        return fp8.quantize_denoiser(den)["layers"]
-    from torchao.quantization import quantize_
-    if kind == "fp8":
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    elif kind == "int8wo":
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        config = Int8WeightOnlyConfig()
-    else:
-        raise ValueError(f"unknown quantisation {kind!r}")
-    count = 0
-
-    def wanted(module, fqn):
-        nonlocal count
-        ok = (isinstance(module, torch.nn.Linear) and module.in_features >= min_features
-              and module.out_features >= min_features)
-        count += ok
-        return ok
-
-    quantize_(den, config, filter_fn=wanted)
-    return count
-
-
-def apply_compile(pipe, mode: str = "max-autotune-no-cudagraphs") -> None:
-    import torch
-
-    persist_compile_cache()
-    den = denoiser_of(pipe)
-    if getattr(den, "_repeated_blocks", None):
-        den.compile_repeated_blocks(fullgraph=True, mode=mode)
-    else:
-        den.to(memory_format=torch.channels_last)
-        den.compile(fullgraph=True, mode=mode)
-    pipe.vae.decoder.to(memory_format=torch.channels_last)
-    pipe.vae.decoder.compile(fullgraph=True, mode=mode)
 
 
 # Step caches (diffusers' cache hooks) reuse denoiser work across steps: faster, and a different image. Off
