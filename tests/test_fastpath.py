@@ -92,3 +92,42 @@ def test_engine_rejects_unknown_fast_mode():
     with pytest.raises(InvalidRequest) as e:
         Engine(device="cpu", fast="turbo")
     assert e.value.field == "fast"
+
+
+def test_cuda_graph_blocks_mark_a_new_graph_step_before_every_denoiser_call(monkeypatch):
+    """With CUDA graphs each transformer call (true CFG makes two per step) starts a new CUDA-graph step, so
+    the first call's outputs are not overwritten by the second's replays; the hook is added once."""
+    from lightdiff.runtime import loader
+
+    den = loader.load("tiny-qwen-image", device="cpu").pipe.transformer
+    compiled, marks = [], []
+    monkeypatch.setattr(den, "compile_repeated_blocks", lambda **kw: compiled.append(kw))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    assert fastpath.compile_blocks(den) == "repeated blocks"
+    assert compiled == [{"fullgraph": True}] and getattr(den, "_lightdiff_step_mark", None) is None
+    assert fastpath.compile_blocks(den, cuda_graphs=True) == "repeated blocks, CUDA graphs"
+    fastpath.compile_blocks(den, cuda_graphs=True)  # a recompile: still one hook
+    assert compiled[1:] == [{"fullgraph": True, "mode": "reduce-overhead"}] * 2
+    from lightdiff.workflows import txt2img
+
+    loaded = loader.load("tiny-qwen-image", device="cpu")
+    loaded.pipe.transformer = den
+    txt2img.run(loaded, {"model": "tiny-qwen-image", "prompt": "a cube", "seed": 1, "steps": 3, "width": 64,
+                         "height": 64, "guidance": 4.0})
+    assert len(marks) == 2 * 3  # true CFG: two calls per step, one mark each
+
+
+@pytest.mark.gpu
+def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes():
+    from lightdiff.workflows.engine import Engine
+
+    request = {"model": "tiny-qwen-image", "prompt": "a red cube", "seed": 3, "steps": 4, "width": 64, "height": 64,
+               "guidance": 4.0}
+    want = Engine(device="cuda", plan="resident", fast="off")
+    graphed = Engine(device="cuda", plan="resident", fast="auto", cuda_graph_blocks=True)
+    for size in (64, 96):
+        r = {**request, "width": size, "height": size}
+        a, b = want.run(r), graphed.run(r)
+        assert b.metadata[0]["plan_info"]["compiled"] == "repeated blocks, CUDA graphs"
+        diff = np.abs(np.asarray(a.images[0], dtype=int) - np.asarray(b.images[0], dtype=int)).max()
+        assert diff <= 3

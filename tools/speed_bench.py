@@ -192,7 +192,7 @@ def qwen_fp8(args, out, stamp):
     process; a profile of 2 steps eager in each dtype; then the fp8 run with the allocator capped."""
     import torch
 
-    from lightdiff.runtime import fp8
+    from lightdiff.runtime import fastpath, fp8
     from lightdiff.runtime.device import cap_vram
 
     lm, call = qwen_setup(args)
@@ -233,9 +233,7 @@ def qwen_fp8(args, out, stamp):
             profile_to(args.profile, "fp8 compute compiled, 2 steps", lambda: call(2))
     if args.cudagraphs:  # the same blocks compiled with CUDA graphs: one recording per block (its own weights)
         uncompile_blocks(pipe.transformer)
-        # each transformer call starts a new cudagraph-tree generation: cond and uncond outputs stay valid
-        mark = pipe.transformer.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
-        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+        fastpath.compile_blocks(pipe.transformer, cuda_graphs=True)  # as the engine's cuda_graph_blocks
         torch.cuda.reset_peak_memory_stats()
         try:
             first, secs = timed(call, args.runs + 2)  # warm-up, then recording
@@ -250,13 +248,14 @@ def qwen_fp8(args, out, stamp):
             print(f"cudagraphs: {type(e).__name__}: {e}"[:600], flush=True)
             failed_row(out, "error", "qwen-image-2512", "fp8 compute + compile_repeated_blocks (reduce-overhead)",
                        f"{type(e).__name__}: {e}", stamp)
-            mark.remove()
+            pipe.transformer._lightdiff_step_mark.remove()
+            pipe.transformer._lightdiff_step_mark = None
             uncompile_blocks(pipe.transformer)
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            fastpath.compile_blocks(pipe.transformer)
     if args.fast_accum:  # the same fp8 values and scales, the matmul with fast accumulation (runtime/fp8.py)
         fp8.set_fast_accum(pipe.transformer, True)
         uncompile_blocks(pipe.transformer)
-        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+        fastpath.compile_blocks(pipe.transformer, cuda_graphs=mode is not None)
         torch.cuda.reset_peak_memory_stats()
         warm = 2 if mode else 1
         first, secs = timed(call, args.runs + warm)

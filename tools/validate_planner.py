@@ -61,7 +61,7 @@ def child(args) -> None:
             return loaded
         return loader.load(spec, weights_, device=device, dtype=dtype)
 
-    engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast)
+    engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast, cuda_graph_blocks=args.cuda_graph_blocks)
     engine.pool.load_fn = load_once
     for size in sorted(args.sizes, reverse=True):
         row = {"model": args.model, "run_as": model, "weights": weights, "device": device,
@@ -136,6 +136,8 @@ def parent(args) -> int:
                    "--fast", args.fast]
             if args.tiny:
                 cmd.append("--tiny")
+            if args.cuda_graph_blocks:
+                cmd.append("--cuda-graph-blocks")
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S[model])
@@ -196,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--fast", choices=["auto", "off"], default="auto",
                    help="the engine's speed path (off: no compile, no batched CFG, no fp8 compute)")
+    p.add_argument("--cuda-graph-blocks", action="store_true",
+                   help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)

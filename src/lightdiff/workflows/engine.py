@@ -52,7 +52,7 @@ def memory_request(wf, req):
     return r, extra
 
 
-def attach_fast_path(loaded, fast: str) -> None:
+def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = False) -> None:
     """Once per loaded model, the speed path that ``fast`` asks for (auto: on CUDA; eager: without compiling;
     off): SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or a transformer's repeated
     blocks compiled (its weights stay where the plan put them) and, where the plan streams its weights every
@@ -64,11 +64,10 @@ def attach_fast_path(loaded, fast: str) -> None:
     den = getattr(loaded.pipe, "transformer", None)
     if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
             and loaded.plan in ("resident", "fp8-compute")):  # weights that stay put: no offload hooks to trace
-        from lightdiff.runtime.fastpath import persist_compile_cache
+        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache
 
         persist_compile_cache()
-        den.compile_repeated_blocks(fullgraph=True)
-        loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks"}
+        loaded.plan_info = {**loaded.plan_info, "compiled": compile_blocks(den, cuda_graphs=cuda_graph_blocks)}
     if (wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg"
             and _streams_denoiser_each_step(loaded)):
         # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py), so the streamed
@@ -102,7 +101,7 @@ def _streams_denoiser_each_step(loaded) -> bool:
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
-                 max_retries: int = 8, fast: str = "auto"):
+                 max_retries: int = 8, fast: str = "auto", cuda_graph_blocks: bool = False):
         self.device = pick_device(device)
         if plan != "auto":  # an unknown name, or one this device cannot run, fails before anything loads
             strategy = plans.Strategy.named(plan)
@@ -122,6 +121,10 @@ class Engine:
 
             raise InvalidRequest("fast", f"Unknown fast-path mode {fast!r}.", "Use auto, off or eager.")
         self.fast = fast
+        # with fast="auto": a transformer's compiled blocks also replay as CUDA graphs. Off by default until
+        # measured through the engine (the speed bench measured 0.04 s at qwen-image-2512 1024 on an H100);
+        # tools/validate_planner.py --cuda-graph-blocks measures it
+        self.cuda_graph_blocks = cuda_graph_blocks
         self.vram_budget_gb = vram_budget_gb
         self.ram_budget_gb = ram_budget_gb
         self.max_retries = max_retries
@@ -237,7 +240,7 @@ class Engine:
 
                     set_vae_tiling(loaded, tiled, tile_px)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
-                attach_fast_path(loaded, self.fast)
+                attach_fast_path(loaded, self.fast, self.cuda_graph_blocks)
                 with step_cache(loaded.pipe, req.step_cache):
                     result = wf.run(loaded, sub, progress=progress, cancel=cancel)
                 fallbacks.extend(e for e in state.events if e not in fallbacks)
