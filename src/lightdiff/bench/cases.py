@@ -80,7 +80,8 @@ class Group:
     disk_read_gbps: float | None = None  # measured once by the parent
     inject: dict | None = None  # test-only, process level (e.g. {"sleep_s": 30} before the imports)
     fast: str = "off"  # lightdiff's speed path (engine.attach_fast_path): off, eager or auto; baseline ignores it
-    step_cache: str | None = None  # fbc | taylorseer (runtime/fastpath.step_cache): changes the output; baseline ignores it
+    # fbc | taylorseer (runtime/fastpath.step_cache): changes the output; baseline ignores it
+    step_cache: str | None = None
 
     def label(self) -> str:
         budget = f"{self.vram_budget_gb:g}GB" if self.vram_budget_gb else "whole card"
