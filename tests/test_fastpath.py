@@ -115,6 +115,10 @@ def test_cuda_graph_blocks_mark_a_new_graph_step_before_every_denoiser_call(monk
     txt2img.run(loaded, {"model": "tiny-qwen-image", "prompt": "a cube", "seed": 1, "steps": 3, "width": 64,
                          "height": 64, "guidance": 4.0})
     assert len(marks) == 2 * 3  # true CFG: two calls per step, one mark each
+    assert fastpath.compile_blocks(den) == "repeated blocks" and den._lightdiff_step_mark is None
+    txt2img.run(loaded, {"model": "tiny-qwen-image", "prompt": "a cube", "seed": 1, "steps": 3, "width": 64,
+                         "height": 64, "guidance": 4.0})
+    assert len(marks) == 2 * 3  # compiled again without CUDA graphs: no more marks
 
 
 @pytest.mark.gpu

@@ -248,10 +248,8 @@ def qwen_fp8(args, out, stamp):
             print(f"cudagraphs: {type(e).__name__}: {e}"[:600], flush=True)
             failed_row(out, "error", "qwen-image-2512", "fp8 compute + compile_repeated_blocks (reduce-overhead)",
                        f"{type(e).__name__}: {e}", stamp)
-            pipe.transformer._lightdiff_step_mark.remove()
-            pipe.transformer._lightdiff_step_mark = None
             uncompile_blocks(pipe.transformer)
-            fastpath.compile_blocks(pipe.transformer)
+            fastpath.compile_blocks(pipe.transformer)  # and its step-mark hook removed
     if args.fast_accum:  # the same fp8 values and scales, the matmul with fast accumulation (runtime/fp8.py)
         fp8.set_fast_accum(pipe.transformer, True)
         uncompile_blocks(pipe.transformer)

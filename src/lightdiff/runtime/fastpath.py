@@ -39,15 +39,20 @@ def compile_blocks(den, cuda_graphs: bool = False) -> str:
     """Compile a transformer's repeated blocks (regional compilation); with ``cuda_graphs`` each compiled block
     also replays as a CUDA graph (torch.compile's reduce-overhead), and each denoiser call first marks a new
     CUDA-graph step, so the outputs of true CFG's two calls in one denoising step are both kept (without the
-    mark, the second call's replays would find the first's outputs still live). Returns what it did."""
+    mark, the second call's replays would find the first's outputs still live); without, a mark hook left by an
+    earlier compile is removed. Returns what it did."""
     import torch
 
+    mark = getattr(den, "_lightdiff_step_mark", None)
     if cuda_graphs:
-        if getattr(den, "_lightdiff_step_mark", None) is None:
+        if mark is None:
             den._lightdiff_step_mark = den.register_forward_pre_hook(
                 lambda *_: torch.compiler.cudagraph_mark_step_begin())
         den.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
         return "repeated blocks, CUDA graphs"
+    if mark is not None:
+        mark.remove()
+        den._lightdiff_step_mark = None
     den.compile_repeated_blocks(fullgraph=True)
     return "repeated blocks"
 
