@@ -121,6 +121,48 @@ def test_cuda_graph_blocks_mark_a_new_graph_step_before_every_denoiser_call(monk
     assert len(marks) == 2 * 3  # compiled again without CUDA graphs: no more marks
 
 
+def test_a_step_cached_request_runs_compiled_blocks_eager_and_gives_them_back():
+    """diffusers' cache hooks cannot be traced by a fullgraph compile (TaylorSeer's are compiler.disable'd), so
+    within a step cache the compiled blocks run eager; afterwards their compiled code runs again."""
+    from lightdiff.runtime import loader
+    from lightdiff.workflows import txt2img
+
+    loaded = loader.load("tiny-qwen-image", device="cpu")
+    blocks = list(loaded.pipe.transformer.transformer_blocks)
+    calls = []
+
+    def compiled_stand_in(block):  # what nn.Module.compile installs, recording that it ran
+        return lambda *a, **kw: (calls.append(1), block._call_impl(*a, **kw))[1]
+
+    for block in blocks:
+        block._compiled_call_impl = compiled_stand_in(block)
+    request = {"model": "tiny-qwen-image", "prompt": "a cube", "seed": 1, "steps": 3, "width": 64, "height": 64,
+               "guidance": 4.0}
+    with fastpath.step_cache(loaded.pipe, "taylorseer"):
+        assert all(b._compiled_call_impl is None for b in blocks)
+        txt2img.run(loaded, request)
+    assert calls == [] and all(b._compiled_call_impl is not None for b in blocks)
+    txt2img.run(loaded, request)
+    assert len(calls) == len(blocks) * 2 * 3  # compiled again: every block, two true-CFG calls, three steps
+
+
+@pytest.mark.gpu
+def test_engine_step_cache_runs_between_graphed_requests_and_leaves_them_as_they_were():
+    from lightdiff.workflows.engine import Engine
+
+    request = {"model": "tiny-qwen-image", "prompt": "a red cube", "seed": 3, "steps": 6, "width": 64, "height": 64,
+               "guidance": 4.0}
+    engine = Engine(device="cuda", plan="resident", fast="auto")  # blocks replay as CUDA graphs by default
+    assert engine.run(request).metadata[0]["plan_info"]["compiled"] == "repeated blocks, CUDA graphs"
+    cached = engine.run({**request, "step_cache": "taylorseer"})  # blocks eager within the cache
+    want = Engine(device="cuda", plan="resident", fast="off").run({**request, "step_cache": "taylorseer"})
+    diff = np.abs(np.asarray(want.images[0], dtype=int) - np.asarray(cached.images[0], dtype=int)).max()
+    assert diff <= 3
+    after = engine.run(request)  # the compiled, graphed blocks again: the plain image
+    plain = Engine(device="cuda", plan="resident", fast="off").run(request)
+    assert np.abs(np.asarray(after.images[0], dtype=int) - np.asarray(plain.images[0], dtype=int)).max() <= 3
+
+
 @pytest.mark.gpu
 def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes():
     from lightdiff.workflows.engine import Engine
@@ -128,7 +170,7 @@ def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes():
     request = {"model": "tiny-qwen-image", "prompt": "a red cube", "seed": 3, "steps": 4, "width": 64, "height": 64,
                "guidance": 4.0}
     want = Engine(device="cuda", plan="resident", fast="off")
-    graphed = Engine(device="cuda", plan="resident", fast="auto", cuda_graph_blocks=True)
+    graphed = Engine(device="cuda", plan="resident", fast="auto")  # CUDA-graph blocks: the default
     for size in (64, 96):
         r = {**request, "width": size, "height": size}
         a, b = want.run(r), graphed.run(r)

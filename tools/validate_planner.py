@@ -136,8 +136,8 @@ def parent(args) -> int:
                    "--fast", args.fast]
             if args.tiny:
                 cmd.append("--tiny")
-            if args.cuda_graph_blocks:
-                cmd.append("--cuda-graph-blocks")
+            if not args.cuda_graph_blocks:
+                cmd.append("--no-cuda-graph-blocks")
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S[model])
@@ -180,7 +180,9 @@ def summary(rows: list[dict]) -> None:
         row = next((r for r in rows if r["model"] == model and r.get("size") == size
                     and r.get("budget_gb") == budget), None)
         if row is None or row.get("status") != "ok" or (model, size) not in base:
-            print(f"bar {model} {size} @ {budget} GB: no result ({row and row.get('status')})")
+            why = "not run" if row is None else (f"status {row.get('status')}" if row.get("status") != "ok"
+                                                 else "no 80 GB row of this size to compare with")
+            print(f"bar {model} {size} @ {budget} GB: no ratio ({why})")
             continue
         ratio = row["sec_per_image"] / base[(model, size)]
         verdict = "" if limit is None else (" PASS" if ratio <= limit else f" FAIL (bar {limit}x)")
@@ -198,8 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--fast", choices=["auto", "off"], default="auto",
                    help="the engine's speed path (off: no compile, no batched CFG, no fp8 compute)")
-    p.add_argument("--cuda-graph-blocks", action="store_true",
-                   help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs")
+    p.add_argument("--cuda-graph-blocks", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs "
+                        "(default, as the engine; --no-cuda-graph-blocks measures without)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)

@@ -105,9 +105,27 @@ def step_cache(pipe, kind: str | None):
     den = denoiser_of(pipe)
     den.enable_cache(config)
     try:
-        yield
+        with uncompiled_blocks(den):
+            yield
     finally:
         den.disable_cache()
+
+
+@contextmanager
+def uncompiled_blocks(den):
+    """The denoiser's compiled modules (``compile_blocks``) run eager for the duration: diffusers' cache hooks
+    wrap each block in code torch.compile will not trace (TaylorSeer's is ``torch.compiler.disable``d, so the
+    fullgraph compile fails: H100, 2026-11-27), and a cache keeps block outputs across calls that CUDA-graph
+    replays would overwrite. Their compiled code (and its graphs) comes back afterwards."""
+    modules = [m for m in den.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    saved = [m._compiled_call_impl for m in modules]
+    for m in modules:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, compiled in zip(modules, saved):
+            m._compiled_call_impl = compiled
 
 
 # --- SD1.5: one compiled, graph-captured Euler step ------------------------------------------------

@@ -59,13 +59,13 @@ PAGEABLE_EFFICIENCY = 0.5
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
 INT8_DEQUANT_BYTES_PER_PARAM = 3
 # fp8 compute (runtime/fp8.py), compiled, as the engine's speed path runs it: a denoiser call's time as a
-# share of the bf16 compute model's. CALIBRATED on the engine's row with fast accumulation (the default since
-# 2026-11-27, fifth session; docs/benchmarks/2026-11-27d-h100): qwen-image-2512 1024 under 24 GB, half tiles,
-# measured 4.55 s (median of 5), predicted 4.54 s. The factor before it, 0.6, was set from an eager profile
-# with row-wise accumulation and predicted 5.44 s for 5.27 s measured. At 512 the compiled blocks are
-# CPU-bound (3.63 s measured row-wise), which this model does not see. Other fp8 cards are assumed to keep the
-# H100's fp8/bf16 ratio (2x in specs/cards.py).
-FP8_COMPILED_COMPUTE_FACTOR = 0.39
+# share of the bf16 compute model's. CALIBRATED on the engine's row with fast accumulation and the compiled
+# blocks replayed as CUDA graphs (both defaults since 2026-11-27; docs/benchmarks/2026-11-27e-h100):
+# qwen-image-2512 1024 under 24 GB, half tiles, measured 4.32 s (median of 5), predicted 4.32 s. Before:
+# 0.39, from the same row without CUDA graphs (4.55 s, 2026-11-27d), and 0.6, from an eager profile with
+# row-wise accumulation. At 512 the compiled blocks are CPU-bound (3.63 s measured row-wise), which this model
+# does not see. Other fp8 cards are assumed to keep the H100's fp8/bf16 ratio (2x in specs/cards.py).
+FP8_COMPILED_COMPUTE_FACTOR = 0.343
 
 
 @dataclass(frozen=True)
