@@ -407,11 +407,20 @@ def test_init_that_is_not_a_trained_folder_is_refused(tmp_path, capsys):
     assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_batch_sizes_of_each_phase_come_from_the_command_line():
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    cfg = train.config_from_args(parser.parse_args(["--out", "x", "--unet-batch", "128", "--cn-batch", "32"]))
+    assert (cfg.unet_batch, cfg.cn_batch) == (128, 32)
+    default = train.config_from_args(parser.parse_args(["--out", "x"]))
+    assert (default.unet_batch, default.cn_batch) == (512, 256)
+
+
 def test_pair_layout_reaches_the_render_workers():
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    cfg = train.config_from_args(parser.parse_args(["--out", "x", "--pair-layout", "halves"]))
-    assert cfg.pair_layout == "halves" and train.TrainConfig(out="x").pair_layout == "free"
+    cfg = train.config_from_args(parser.parse_args(["--out", "x", "--pair-layout", "free"]))
+    assert cfg.pair_layout == "free" and train.TrainConfig(out="x").pair_layout == "halves"  # the shipped recipe
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--pair-layout", "centred"])
     captions = train.render_chunk((6, "train", 0, 12, 32, 0.0, "halves"))[3]

@@ -74,10 +74,11 @@ class TrainConfig:
     # share of relations captioned in the places form ("on the left A, on the right B"). 0, the shipped
     # weights' data: two fresh runs at 0.5 (2026-11-27) placed objects no better in either form (docs/demo)
     places_mix: float = 0.0
-    # how two related objects are laid out in the training scenes (scenes.PAIR_LAYOUTS). "free", the shipped
-    # weights' data: relations stayed at chance (docs/demo). "halves" puts them across the centre line, as lone
-    # places are drawn; not yet trained (docs/next-gpu-runs.md). Eval sets keep "free" (comparable sets).
-    pair_layout: str = "free"
+    # how two related objects are laid out in the training scenes (scenes.PAIR_LAYOUTS). "halves" (the shipped
+    # weights' data since 2026-11-27, sixth session) puts them across the centre line, as lone places are drawn:
+    # relations moved to the right axis (position 48.8% -> 57.7%, docs/demo). "free", the weights before:
+    # relations at chance. Eval sets keep "free" (comparable sets).
+    pair_layout: str = "halves"
     split: tuple[float, float, float] = (0.30, 0.62, 0.08)  # VAE / UNet+text / ControlNet share of --minutes
     vae_batch: int = 32  # whole images
     vae_crop: int | None = None  # None: whole images, so the VAE learns the image border too
@@ -1188,6 +1189,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", type=int, default=None, help="training scenes to render (default 100000)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: CPU cores - 1, max 15)")
     p.add_argument("--unet-batch", type=int, default=None, help="UNet phase batch size (default 512)")
+    p.add_argument("--cn-batch", type=int, default=None, help="ControlNet phase batch size (default 256)")
     p.add_argument("--eval-n", type=int, default=None, help="held-out captions to generate (default 200)")
     p.add_argument("--vae-batch", type=int, default=None, help="VAE phase batch of whole images (default 32)")
     p.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder peak learning rate (default 5e-4)")
@@ -1201,8 +1203,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a new model's tokenizer writes each caption twice, so the causal text encoder's second copy "
                         "has read the whole caption (default on, as the shipped weights); --init keeps its folder's")
     p.add_argument("--pair-layout", choices=["free", "halves"], default=None,
-                   help="how two related objects are placed in training scenes: free (default, the shipped weights') "
-                        "or halves (across the centre line, as a lone object's place)")
+                   help="how two related objects are placed in training scenes: halves (default, the shipped "
+                        "weights': across the centre line, as a lone object's place) or free (anywhere the relation "
+                        "holds)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1236,6 +1239,7 @@ def parse_split(text: str, continued: bool) -> tuple[float, float, float]:
 def config_from_args(args) -> TrainConfig:
     chosen = {k: v for k, v in {"minutes": args.minutes, "seed": args.seed, "device": args.device,
                                  "scenes": args.scenes, "workers": args.workers, "unet_batch": args.unet_batch,
+                                 "cn_batch": args.cn_batch,
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
                                  "places_mix": args.places_mix, "echo": args.echo,
