@@ -55,6 +55,7 @@ import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lightdiff.demo import grounding, model
 from lightdiff.demo.graphstep import EagerStep, GraphedStep, make_adamw, set_lr
 
 BARS = {"colour_shape": 80.0, "position": 60.0}  # percent on held-out captions, for the shipped model
@@ -122,6 +123,10 @@ class TrainConfig:
     # captions written twice for the text encoder, so every token of the second copy has read the whole caption
     # (lightdiff.demo.vocab; the shipped weights' recipe); a continued run (--init) keeps its folder's tokenizer
     echo: bool = True
+    # weight of the grounding loss (lightdiff.demo.grounding: each object's words attend to its own mask in the
+    # UNet's cross-attention, TokenCompose-style); 0 (the shipped weights): off, and the step is unchanged.
+    # Built on the CPU for the direction of relations (docs/demo); not yet trained on a GPU
+    grounding_weight: float = 0.0
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -162,24 +167,32 @@ def mirror_scene(scene):
 
 
 def render_chunk(task: tuple) -> tuple:
-    """Worker: scenes [start, stop) of a split -> images, canny edges, captions, mirrored captions."""
+    """Worker: scenes [start, stop) of a split -> images, canny edges, captions, mirrored captions, and with a
+    ``mask_size`` (the task's optional 8th item) each object's mask at that size and its words."""
     import numpy as np
 
     from lightdiff.demo.model import canny_edges
     from lightdiff.demo.scenes import SceneDataset, caption, caption_form, caption_language, render
 
-    seed, split, start, stop, size, places_mix, pair_layout = task
+    seed, split, start, stop, size, places_mix, pair_layout = task[:7]
+    mask_size = task[7] if len(task) > 7 else 0
     ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix, pair_layout=pair_layout)
     n = stop - start
     images = np.empty((n, size, size, 3), np.uint8)
     edges = np.empty((n, size, size), np.uint8)
-    captions, mirrored = [], []
+    captions, mirrored, phrases = [], [], []
+    masks = np.zeros((n, grounding.MAX_OBJECTS, mask_size, mask_size), np.uint8) if mask_size else None
     for k, i in enumerate(range(start, stop)):
         scene, text = ds.scene_and_caption(i)
         images[k] = np.asarray(render(scene, size))
         edges[k] = canny_edges(images[k])
         captions.append(text)
         mirrored.append(caption(mirror_scene(scene), caption_language(text), caption_form(text)))
+        if mask_size:  # the mirror's masks are these flipped; its phrases are these
+            masks[k] = grounding.object_masks(scene, mask_size)
+            phrases.append(grounding.object_phrases(scene, caption_language(text)))
+    if mask_size:
+        return start, images, edges, captions, mirrored, masks, phrases
     return start, images, edges, captions, mirrored
 
 
@@ -204,10 +217,15 @@ class SceneRenderer:
         self.edges = np.empty((n, s, s), np.uint8)
         self.captions: list[str | None] = [None] * n
         self.mirrored: list[str | None] = [None] * n
+        # with the grounding loss: each object's mask at the UNet's cross-attention resolution, and its words
+        self.mask_size = s // model.LATENT_FACTOR // 2 if cfg.grounding_weight > 0 else 0
+        self.masks = (np.zeros((n, grounding.MAX_OBJECTS, self.mask_size, self.mask_size), np.uint8)
+                      if self.mask_size else None)
+        self.phrases: list[list[str] | None] = [None] * n
         self.ready = 0
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s, cfg.places_mix, cfg.pair_layout)
+        tasks = [(cfg.seed, "train", a, min(a + cfg.chunk, n), s, cfg.places_mix, cfg.pair_layout, self.mask_size)
                  for a in range(0, n, cfg.chunk)]
         workers = cfg.workers or max(1, min(15, (os.cpu_count() or 3) - 2))
         self.pool = None
@@ -235,8 +253,10 @@ class SceneRenderer:
                     continue
                 except StopIteration:
                     break
-                start, images, edges, captions, mirrored = item
+                start, images, edges, captions, mirrored = item[:5]
                 stop = start + len(captions)
+                if self.mask_size:
+                    self.masks[start:stop], self.phrases[start:stop] = item[5], item[6]
                 self.images[start:stop], self.edges[start:stop] = images, edges
                 self.captions[start:stop], self.mirrored[start:stop] = captions, mirrored
                 self.ready = stop
@@ -317,10 +337,19 @@ class LatentStore:
         self.count = 0
         self.latents = None  # allocated at the first encode, when the latent shape is known
         self.tokens = torch.empty((2 * self.capacity, tokenizer.model_max_length), dtype=torch.long, device=device)
+        # with the grounding loss: each row's object masks (coverage 0-255) and which token names which object
+        side = getattr(data.renderer, "mask_size", 0)
+        self.masks = self.token_obj = None
+        if side:
+            self.masks = torch.zeros((2 * self.capacity, grounding.MAX_OBJECTS, side, side), dtype=torch.uint8,
+                                     device=device)
+            self.token_obj = torch.full((2 * self.capacity, tokenizer.model_max_length), -1, dtype=torch.int8,
+                                        device=device)
         self.seconds = 0.0
 
     def update(self) -> int:
         """Encode the scenes rendered since the last call; returns how many scenes the store holds."""
+        import numpy as np
         import torch
 
         ready = self.data.sync()
@@ -340,6 +369,14 @@ class LatentStore:
         renderer = self.data.renderer
         self.tokens[a:n] = tokenize(self.tokenizer, renderer.captions[a:n], self.device)
         self.tokens[cap + a:cap + n] = tokenize(self.tokenizer, renderer.mirrored[a:n], self.device)
+        if self.masks is not None:
+            masks = torch.from_numpy(renderer.masks[a:n]).to(self.device)
+            self.masks[a:n], self.masks[cap + a:cap + n] = masks, masks.flip(-1)  # the mirror: flipped left-right
+            for rows in ((a, n), (cap + a, cap + n)):
+                ids = self.tokens[rows[0]:rows[1]].cpu().numpy()
+                maps = [grounding.object_token_map(self.tokenizer, row, phrases)
+                        for row, phrases in zip(ids, renderer.phrases[a:n])]
+                self.token_obj[rows[0]:rows[1]] = torch.from_numpy(np.stack(maps)).to(self.device)
         self.count = n
         self.seconds += time.perf_counter() - t0
         return n
@@ -379,7 +416,7 @@ class Log:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        phases = [p for p in ("vae", "unet", "controlnet") if any(r["phase"] == p for r in self.rows)]
+        phases = [p for p in ("vae", "unet", "grounding", "controlnet") if any(r["phase"] == p for r in self.rows)]
         if not phases:
             return
         fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.6), squeeze=False)
@@ -700,19 +737,27 @@ def tokenize(tokenizer, texts: list[str], device):
     return ids.to(device)
 
 
-def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device):
-    """loss(z0, ids, t, noise) -> (loss,): min-SNR-5 weighted epsilon MSE; one graph for torch.compile."""
+def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device, kept: list | None = None):
+    """loss(z0, ids, t, noise) -> (loss,): min-SNR-5 weighted epsilon MSE; one graph for torch.compile. With
+    ``kept`` (the list ``grounding.keep_cross_attention`` fills): loss(z0, ids, t, noise, token_obj, masks) ->
+    (loss + grounding_weight * grounding, grounding)."""
     import torch
 
     enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
-    def loss_fn(z0, ids, t, noise):
+    def loss_fn(z0, ids, t, noise, token_obj=None, masks=None):
+        if kept is not None:
+            kept.clear()  # this step's layers only (a graph replay reruns none of this Python)
         zt = add_noise(tables, z0, noise, t)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
             context = text_encoder(ids, return_dict=False)[0]
             pred = unet(zt, t, context, return_dict=False)[0]
         err = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        return ((err * tables["weight"][t]).mean(),)
+        loss = (err * tables["weight"][t]).mean()
+        if kept is None:
+            return (loss,)
+        ground = grounding.grounding_loss(kept, token_obj, masks.float() / 255)
+        return loss + cfg.grounding_weight * ground, ground
 
     return loss_fn
 
@@ -723,11 +768,14 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     tables = noise_tables(noise_scheduler, device)
-    opt, step = training_step("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device), params, cfg.unet_lr,
-                              0.01, cfg, device)
+    grounded = store.masks is not None
+    kept, processors = grounding.keep_cross_attention(unet) if grounded else (None, None)
+    opt, step = training_step("unet", unet_loss_fn(unet, text_encoder, tables, cfg, device, kept), params,
+                              cfg.unet_lr, 0.01, cfg, device)
     ema = EMA(params, cfg.ema_decay)
     num_t = noise_scheduler.config.num_train_timesteps
     phase, meter = Phase("unet", deadline, cfg.max_steps), LossMeter(log, "unet", cfg.log_every)
+    ground_meter = LossMeter(log, "grounding", cfg.log_every) if grounded else None
     unet.train()
     text_encoder.train()
     lr = cfg.unet_lr
@@ -744,11 +792,19 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
         ids = torch.where(drop[:, None], empty_ids[None], ids)
         t = torch.randint(0, num_t, (len(ids),), device=device)
         noise = torch.randn_like(z0)
-        (loss,) = step(z0, ids, t, noise)
+        if grounded:  # a dropped caption names no object
+            token_obj = torch.where(drop[:, None], torch.full_like(store.token_obj[idx], -1), store.token_obj[idx])
+            loss, ground = step(z0, ids, t, noise, token_obj, store.masks[idx])
+            ground_meter.add(phase.step + 1, ground)
+        else:
+            (loss,) = step(z0, ids, t, noise)
         ema.step()
         phase.step += 1
         meter.add(phase.step, loss, lr=lr, scenes=store.count)
     meter.flush(phase.step, lr=lr, scenes=store.count)
+    if grounded:
+        ground_meter.flush(phase.step)
+        unet.set_attn_processor(processors)  # diffusers' own again: the ControlNet phase and the eval keep nothing
     ema.copy_to()  # ship the averaged weights
     unet.eval()
     text_encoder.eval()
@@ -1206,6 +1262,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how two related objects are placed in training scenes: halves (default, the shipped "
                         "weights': across the centre line, as a lone object's place) or free (anywhere the relation "
                         "holds)")
+    p.add_argument("--grounding-weight", type=float, default=None,
+                   help="weight of the grounding loss: each object's words attend to its own mask in the UNet's "
+                        "cross-attention (TokenCompose-style; default 0: off, as the shipped weights)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1243,7 +1302,8 @@ def config_from_args(args) -> TrainConfig:
                                  "eval_n": args.eval_n, "init": args.init, "vae_batch": args.vae_batch,
                                  "unet_lr": args.unet_lr, "compile": args.compile,
                                  "places_mix": args.places_mix, "echo": args.echo,
-                                 "pair_layout": args.pair_layout}.items() if v is not None}
+                                 "pair_layout": args.pair_layout,
+                                 "grounding_weight": args.grounding_weight}.items() if v is not None}
     if args.compile_mode is not None:
         if not args.compile:
             from lightdiff.errors import InvalidRequest
@@ -1276,6 +1336,11 @@ def config_from_args(args) -> TrainConfig:
 
         raise InvalidRequest("places_mix", f"--places-mix {args.places_mix} is not a fraction.",
                              "Use 0 (relations as 'A left of B', the default) to 1 (all 'on the left A, ...').")
+    if args.grounding_weight is not None and not args.grounding_weight >= 0:
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("grounding_weight", f"--grounding-weight {args.grounding_weight} is negative.",
+                             "Use 0 (off, the default) or a positive weight such as 0.1.")
     if args.split:
         chosen["split"] = parse_split(args.split, bool(args.init))
     if args.fp32:
