@@ -54,11 +54,13 @@ def object_token_map(tokenizer, ids, phrases: list[str]) -> np.ndarray:
     """[len(ids)] int8: k where token i is one of object k's words (its article left out), else -1. Each phrase
     is found in caption order, again in every copy of an echo caption."""
     ids = [int(i) for i in ids]
-    backend = tokenizer.backend_tokenizer  # word by word: the tokenizer's own call would echo the phrase too
+    from lightdiff.demo.vocab import word_pieces
+
     words = []
-    for text in phrases:
-        pieces = [p for p, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))]
-        words.append(([backend.token_to_id(p) for p in pieces], 1 if pieces and pieces[0] in ARTICLES else 0))
+    for text in phrases:  # word by word: the tokenizer's own call would echo the phrase too
+        pieces = word_pieces(tokenizer, text)
+        ids_of = [tokenizer.backend_tokenizer.token_to_id(p) for p in pieces]
+        words.append((ids_of, 1 if pieces and pieces[0] in ARTICLES else 0))
     out = np.full(len(ids), -1, np.int8)
     pos = 0
     while True:

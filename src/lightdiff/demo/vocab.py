@@ -95,11 +95,16 @@ def build_tokenizer(model_max_length: int = DEFAULT_MAX_LENGTH, echo: bool = Fal
     )
 
 
+def word_pieces(tokenizer, text: str) -> list[str]:
+    """``text`` cut into the tokenizer's words (normalised, pre-tokenized), without its special tokens or echo."""
+    backend = tokenizer.backend_tokenizer
+    return [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))]
+
+
 def unknown_words(tokenizer, text: str) -> list[str]:
     """The pieces of ``text`` that the tokenizer maps to ``[UNK]`` (words outside the grammar)."""
     backend = tokenizer.backend_tokenizer
-    pieces = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
-    return [piece for piece, _ in pieces if backend.token_to_id(piece) is None]
+    return [piece for piece in word_pieces(tokenizer, text) if backend.token_to_id(piece) is None]
 
 
 def count_unknown(tokenizer, texts: str | list[str]) -> int:
