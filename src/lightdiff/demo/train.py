@@ -796,6 +796,7 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
             token_obj = torch.where(drop[:, None], torch.full_like(store.token_obj[idx], -1), store.token_obj[idx])
             loss, ground = step(z0, ids, t, noise, token_obj, store.masks[idx])
             ground_meter.add(phase.step + 1, ground)
+            loss = loss - cfg.grounding_weight * ground  # the "unet" curve stays the diffusion loss, comparable
         else:
             (loss,) = step(z0, ids, t, noise)
         ema.step()
