@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from lightdiff.demo import grounding
 from lightdiff.demo import model as demo
@@ -96,6 +97,11 @@ def test_a_grounded_continued_run_trains_the_unet_and_logs_the_grounding_loss(tm
     ground = [r["loss"] for r in rows if r["phase"] == "grounding"]
     assert len(ground) == 3 and all(0.0 < g < 1.0 and math.isfinite(g) for g in ground)
     assert json.loads((out / "summary.json").read_text())["config"]["grounding_weight"] == 0.5
+    # no ControlNet share: the continued folder's ControlNet is saved as it was, not stepped once
+    assert summary["phases"]["controlnet"]["steps"] == 0
+    before = load_file(first / "controlnet/diffusion_pytorch_model.safetensors")
+    after = load_file(out / "controlnet/diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_a_negative_grounding_weight_is_refused(tmp_path, capsys):

@@ -1136,14 +1136,19 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     # phase 3: canny ControlNet. The txt2img model is already on disk: a failure here is recorded, not fatal.
     try:
         controlnet = components.get("controlnet") or demo.build_controlnet(unet)
-        controlnet = controlnet.to(device).to(memory_format=torch.channels_last)
-        p3 = train_controlnet(cfg, controlnet, unet, text_encoder, store, empty_ids, data.edges,
-                              noise_scheduler, deadlines[2], log, device)
+        # a zero share keeps a continued folder's ControlNet as it was (a new one still takes its one step)
+        kept = cfg.split[2] == 0 and components.get("controlnet") is not None
+        p3 = None
+        if not kept:
+            controlnet = controlnet.to(device).to(memory_format=torch.channels_last)
+            p3 = train_controlnet(cfg, controlnet, unet, text_encoder, store, empty_ids, data.edges,
+                                  noise_scheduler, deadlines[2], log, device)
         half_copy(controlnet, cfg.fp16).save_pretrained(out / "controlnet", safe_serialization=True)
         print(f"saved the ControlNet to {out / 'controlnet'} at t={time.perf_counter() - t_start:.1f}s", flush=True)
-        summary["phases"]["controlnet"] = {"steps": p3.step, "seconds": round(p3.seconds(), 1),
+        summary["phases"]["controlnet"] = {"steps": p3.step if p3 else 0,
+                                           "seconds": round(p3.seconds(), 1) if p3 else 0.0,
                                            "final_loss": log.final("controlnet"), "batch": cfg.cn_batch,
-                                           **p3.info}
+                                           **(p3.info if p3 else {})}
         del controlnet
     except Exception as e:  # noqa: BLE001 - recorded in summary.json and printed with its traceback
         traceback.print_exc()
