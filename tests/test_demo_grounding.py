@@ -104,8 +104,20 @@ def test_a_grounded_continued_run_trains_the_unet_and_logs_the_grounding_loss(tm
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_a_negative_grounding_weight_is_refused(tmp_path, capsys):
+def test_samples_below_the_grounding_timestep_are_not_grounded(tmp_path):
+    first = tmp_path / "first"
+    train.run(train.TrainConfig.smoke_preset(str(first)), argv=["--smoke"])
+    out = tmp_path / "late"
+    cfg = train.TrainConfig.smoke_preset(str(out), init=str(first), split=(0.0, 1.0, 0.0), grounding_weight=0.5,
+                                         grounding_min_t=999, unet_batch=2, seed=3)
+    train.run(cfg, argv=["--smoke"])
+    rows = [json.loads(line) for line in (out / "losses.jsonl").open()]
+    assert [r["loss"] for r in rows if r["phase"] == "grounding"] == [0.0, 0.0, 0.0]  # no sample drew t = 999
+
+
+@pytest.mark.parametrize("flag,value", [("--grounding-weight", "-1"), ("--grounding-min-t", "1000")])
+def test_grounding_settings_out_of_range_are_refused(tmp_path, capsys, flag, value):
     from lightdiff.cli import main
 
-    assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--grounding-weight", "-1"]) == 2
-    assert "--grounding-weight -1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", flag, value]) == 2
+    assert f"{flag} {value}" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -127,6 +127,9 @@ class TrainConfig:
     # UNet's cross-attention, TokenCompose-style); 0 (the shipped weights): off, and the step is unchanged.
     # Built on the CPU for the direction of relations (docs/demo); not yet trained on a GPU
     grounding_weight: float = 0.0
+    # only samples noised at this timestep or later (of 1000) get the grounding loss: the layout is decided at
+    # high noise, and below it the noisy latent still shows the layout the attention could simply follow
+    grounding_min_t: int = 0
 
     @classmethod
     def smoke_preset(cls, out: str, **kw) -> "TrainConfig":
@@ -792,8 +795,9 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
         ids = torch.where(drop[:, None], empty_ids[None], ids)
         t = torch.randint(0, num_t, (len(ids),), device=device)
         noise = torch.randn_like(z0)
-        if grounded:  # a dropped caption names no object
-            token_obj = torch.where(drop[:, None], torch.full_like(store.token_obj[idx], -1), store.token_obj[idx])
+        if grounded:  # a dropped caption names no object; a sample below grounding_min_t is not grounded
+            skip = drop | (t < cfg.grounding_min_t)
+            token_obj = torch.where(skip[:, None], torch.full_like(store.token_obj[idx], -1), store.token_obj[idx])
             loss, ground = step(z0, ids, t, noise, token_obj, store.masks[idx])
             ground_meter.add(phase.step + 1, ground)
             loss = loss - cfg.grounding_weight * ground  # the "unet" curve stays the diffusion loss, comparable
@@ -1271,6 +1275,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grounding-weight", type=float, default=None,
                    help="weight of the grounding loss: each object's words attend to its own mask in the UNet's "
                         "cross-attention (TokenCompose-style; default 0: off, as the shipped weights)")
+    p.add_argument("--grounding-min-t", type=int, default=None,
+                   help="with --grounding-weight: ground only samples noised at this timestep or later, of 1000 "
+                        "(default 0: all; the layout is decided at high noise)")
     p.add_argument("--places-mix", type=float, default=None,
                    help="share of relations captioned 'on the left A, on the right B' in training and eval (default 0)")
     p.add_argument("--fp32", action="store_true", help="save fp32 weights instead of fp16")
@@ -1309,7 +1316,8 @@ def config_from_args(args) -> TrainConfig:
                                  "unet_lr": args.unet_lr, "compile": args.compile,
                                  "places_mix": args.places_mix, "echo": args.echo,
                                  "pair_layout": args.pair_layout,
-                                 "grounding_weight": args.grounding_weight}.items() if v is not None}
+                                 "grounding_weight": args.grounding_weight,
+                                 "grounding_min_t": args.grounding_min_t}.items() if v is not None}
     if args.compile_mode is not None:
         if not args.compile:
             from lightdiff.errors import InvalidRequest
@@ -1347,6 +1355,11 @@ def config_from_args(args) -> TrainConfig:
 
         raise InvalidRequest("grounding_weight", f"--grounding-weight {args.grounding_weight} is negative.",
                              "Use 0 (off, the default) or a positive weight such as 0.1.")
+    if args.grounding_min_t is not None and not 0 <= args.grounding_min_t < 1000:
+        from lightdiff.errors import InvalidRequest
+
+        raise InvalidRequest("grounding_min_t", f"--grounding-min-t {args.grounding_min_t} is not a timestep.",
+                             "Use 0 (every sample, the default) to 999, e.g. 600 for the noisiest 40%.")
     if args.split:
         chosen["split"] = parse_split(args.split, bool(args.init))
     if args.fp32:
