@@ -122,7 +122,7 @@ def test_mirrored_scene_is_the_flipped_render_with_its_own_caption():
 def test_render_chunk_mirrors_each_caption_in_its_own_form_and_language():
     from lightdiff.demo.scenes import caption_form, caption_language, parse_caption
 
-    start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32, 0.5, "free"))
+    start, images, edges, captions, mirrored = train.render_chunk((6, "train", 4, 40, 32, 0.5, "free", 0))
     assert start == 4 and images.shape == (36, 32, 32, 3) and edges.shape == (36, 32, 32) and len(mirrored) == 36
     ds = SceneDataset(seed=6, length=40, size=32, places_mix=0.5)
     for k, (text, flipped) in enumerate(zip(captions, mirrored)):
@@ -394,7 +394,7 @@ def test_places_mix_reaches_the_render_workers_and_a_bad_one_is_refused(tmp_path
     cfg = train.config_from_args(parser.parse_args(["--out", str(tmp_path), "--places-mix", "0.25"]))
     assert cfg.places_mix == 0.25
     assert train.TrainConfig(out=str(tmp_path)).places_mix == 0.0  # the default trains "A left of B" alone
-    captions = train.render_chunk((6, "train", 0, 30, 32, 0.0, "free"))[3]
+    captions = train.render_chunk((6, "train", 0, 30, 32, 0.0, "free", 0))[3]
     assert {caption_form(t) for t in captions} == {"relation"}
     assert main(["train-demo", "--out", str(tmp_path / "out"), "--smoke", "--places-mix", "1.5"]) == 2
     assert "--places-mix 1.5" in capsys.readouterr().err and not (tmp_path / "out").exists()
@@ -423,7 +423,7 @@ def test_pair_layout_reaches_the_render_workers():
     assert cfg.pair_layout == "free" and train.TrainConfig(out="x").pair_layout == "halves"  # the shipped recipe
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--pair-layout", "centred"])
-    captions = train.render_chunk((6, "train", 0, 12, 32, 0.0, "halves"))[3]
+    captions = train.render_chunk((6, "train", 0, 12, 32, 0.0, "halves", 0))[3]
     halves = SceneDataset(seed=6, length=12, size=32, split="train", pair_layout="halves")
     assert captions == [halves.scene_and_caption(i)[1] for i in range(12)]
     assert captions != [SceneDataset(seed=6, length=12, size=32).scene_and_caption(i)[1] for i in range(12)]

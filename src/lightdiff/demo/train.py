@@ -171,14 +171,13 @@ def mirror_scene(scene):
 
 def render_chunk(task: tuple) -> tuple:
     """Worker: scenes [start, stop) of a split -> images, canny edges, captions, mirrored captions, and with a
-    ``mask_size`` (the task's optional 8th item) each object's mask at that size and its words."""
+    ``mask_size`` (0: none) each object's mask at that size and its words."""
     import numpy as np
 
     from lightdiff.demo.model import canny_edges
     from lightdiff.demo.scenes import SceneDataset, caption, caption_form, caption_language, render
 
-    seed, split, start, stop, size, places_mix, pair_layout = task[:7]
-    mask_size = task[7] if len(task) > 7 else 0
+    seed, split, start, stop, size, places_mix, pair_layout, mask_size = task
     ds = SceneDataset(seed=seed, length=stop, size=size, split=split, places_mix=places_mix, pair_layout=pair_layout)
     n = stop - start
     images = np.empty((n, size, size, 3), np.uint8)
@@ -370,16 +369,17 @@ class LatentStore:
                         self.latents = torch.zeros((2 * cap, *z.shape[1:]), dtype=torch.float16, device=self.device)
                     self.latents[i + cap * flip:i + cap * flip + len(z)] = z.to(torch.float16)
         renderer = self.data.renderer
-        self.tokens[a:n] = tokenize(self.tokenizer, renderer.captions[a:n], self.device)
-        self.tokens[cap + a:cap + n] = tokenize(self.tokenizer, renderer.mirrored[a:n], self.device)
+        host = torch.device("cpu")
+        for first, texts in ((a, renderer.captions[a:n]), (cap + a, renderer.mirrored[a:n])):
+            ids = tokenize(self.tokenizer, texts, host)
+            self.tokens[first:first + len(texts)] = ids.to(self.device)
+            if self.token_obj is not None:  # which tokens name which object, read from the host copy
+                maps = [grounding.object_token_map(self.tokenizer, row, phrases)
+                        for row, phrases in zip(ids.numpy(), renderer.phrases[a:n])]
+                self.token_obj[first:first + len(texts)] = torch.from_numpy(np.stack(maps)).to(self.device)
         if self.masks is not None:
             masks = torch.from_numpy(renderer.masks[a:n]).to(self.device)
             self.masks[a:n], self.masks[cap + a:cap + n] = masks, masks.flip(-1)  # the mirror: flipped left-right
-            for rows in ((a, n), (cap + a, cap + n)):
-                ids = self.tokens[rows[0]:rows[1]].cpu().numpy()
-                maps = [grounding.object_token_map(self.tokenizer, row, phrases)
-                        for row, phrases in zip(ids, renderer.phrases[a:n])]
-                self.token_obj[rows[0]:rows[1]] = torch.from_numpy(np.stack(maps)).to(self.device)
         self.count = n
         self.seconds += time.perf_counter() - t0
         return n
@@ -743,7 +743,7 @@ def tokenize(tokenizer, texts: list[str], device):
 def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device, kept: list | None = None):
     """loss(z0, ids, t, noise) -> (loss,): min-SNR-5 weighted epsilon MSE; one graph for torch.compile. With
     ``kept`` (the list ``grounding.keep_cross_attention`` fills): loss(z0, ids, t, noise, token_obj, masks) ->
-    (loss + grounding_weight * grounding, grounding)."""
+    (loss + grounding_weight * grounding, loss, grounding)."""
     import torch
 
     enabled = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
@@ -760,7 +760,7 @@ def unet_loss_fn(unet, text_encoder, tables: dict, cfg: TrainConfig, device, kep
         if kept is None:
             return (loss,)
         ground = grounding.grounding_loss(kept, token_obj, masks.float() / 255)
-        return loss + cfg.grounding_weight * ground, ground
+        return loss + cfg.grounding_weight * ground, loss, ground
 
     return loss_fn
 
@@ -798,9 +798,8 @@ def train_unet(cfg: TrainConfig, unet, text_encoder, store: LatentStore, empty_i
         if grounded:  # a dropped caption names no object; a sample below grounding_min_t is not grounded
             skip = drop | (t < cfg.grounding_min_t)
             token_obj = torch.where(skip[:, None], torch.full_like(store.token_obj[idx], -1), store.token_obj[idx])
-            loss, ground = step(z0, ids, t, noise, token_obj, store.masks[idx])
+            _, loss, ground = step(z0, ids, t, noise, token_obj, store.masks[idx])  # "unet" logs the diffusion loss
             ground_meter.add(phase.step + 1, ground)
-            loss = loss - cfg.grounding_weight * ground  # the "unet" curve stays the diffusion loss, comparable
         else:
             (loss,) = step(z0, ids, t, noise)
         ema.step()
@@ -1141,9 +1140,9 @@ def _train(cfg: TrainConfig, argv, out: Path, device, renderer: SceneRenderer, d
     try:
         controlnet = components.get("controlnet") or demo.build_controlnet(unet)
         # a zero share keeps a continued folder's ControlNet as it was (a new one still takes its one step)
-        kept = cfg.split[2] == 0 and components.get("controlnet") is not None
+        keep_controlnet = cfg.split[2] == 0 and components.get("controlnet") is not None
         p3 = None
-        if not kept:
+        if not keep_controlnet:
             controlnet = controlnet.to(device).to(memory_format=torch.channels_last)
             p3 = train_controlnet(cfg, controlnet, unet, text_encoder, store, empty_ids, data.edges,
                                   noise_scheduler, deadlines[2], log, device)
