@@ -144,6 +144,12 @@ def test_qwen_decodes_in_half_tiles_where_it_must_tile_and_the_peak_counts_them(
     assert plan_model.vae_s(r, True) == pytest.approx(0.81, rel=0.10)
     assert plan_model.vae_s(r, 576) == pytest.approx(0.10, rel=0.10)
     assert plan_model.vae_s(r, False) < plan_model.vae_s(r, 576) < plan_model.vae_s(r, True)
+    # another size under the same budget keeps the loaded placement: half tiles are a VAE mode the engine sets
+    # per request, not a reason to reload 20B weights (H100, 2026-11-27: a 768 request after a 1024 one reloaded)
+    for side in (768, 512):
+        smaller = plans.choose("qwen-image-2512", side, side, 1, 24.0, steps=20)
+        assert "vae_tile_px" not in smaller.options and plans.plan_key(smaller) == plans.plan_key(at_24)
+        assert plans.plan_key(at_24.at(side, side, 1, 20)) == plans.plan_key(at_24)
     # sd15's VAE tiles at its own size only: no half tiles in its plans
     sd15 = plans.choose("sd15", 1024, 1024, 1, 2.0, steps=20)
     assert "vae_tile_px" not in sd15.options

@@ -480,9 +480,13 @@ def choose(spec, width, height, batch=1, budget_gb=None, ram_gb=None, card=None,
     raise does_not_fit(plans)
 
 
+VAE_MODES = ("vae_tiling", "vae_slicing", "vae_tile_px")
+
+
 def plan_key(plan: Plan) -> tuple:
-    """Two plans with the same key place the weights the same way."""
-    placement = {k: v for k, v in plan.options.items() if k not in ("vae_tiling", "vae_slicing", "fallback")}
+    """Two plans with the same key place the weights the same way. The VAE's modes (tiling, its tile side,
+    slicing) are not placement: the engine switches them per request, so they never force a reload."""
+    placement = {k: v for k, v in plan.options.items() if k not in VAE_MODES + ("fallback",)}
     return plan.name, repr(sorted(placement.items()))
 
 
