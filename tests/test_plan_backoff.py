@@ -149,3 +149,23 @@ def test_half_tiles_are_set_on_the_qwen_vae_and_default_tiles_restored(tiny_qwen
     finally:
         vae.disable_tiling()
         vae.disable_slicing()
+
+
+def test_oom_beside_recorded_cuda_graphs_drops_them_first(monkeypatch):
+    # each image size records its own block graphs and keeps their pool (H100, 24 GB budget: a 768 request
+    # after a 1024 one); the back-off drops the graphs before it gives up anything the user asked for
+    from lightdiff.runtime import fastpath
+    from lightdiff.workflows import engine as engine_mod
+
+    req = {"model": "tiny-qwen-image", "prompt": "a red kite", "seed": 3, "steps": 2, "width": 64, "height": 64}
+    engine = Engine(device="cpu")
+    clean = _pixels(engine.run(req))
+    loaded = engine.pool.peek("tiny-qwen-image", "auto")
+    loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks, CUDA graphs"}  # as attach_fast_path on CUDA
+    resets = []
+    monkeypatch.setattr(engine_mod, "reset_cuda_graphs", lambda: resets.append(1))
+    Faults(monkeypatch, type(loaded.pipe.transformer), 1, oom)
+    result = engine.run(req)
+    assert result.metadata[0]["fallbacks"] == ["cuda-graphs-reset"] and resets == [1]
+    assert result.metadata[0]["plan"] == loaded.plan and np.array_equal(_pixels(result), clean)
+    assert fastpath.has_cuda_graph_blocks(loaded) and not fastpath.has_cuda_graph_blocks(object())

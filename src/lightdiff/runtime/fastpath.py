@@ -57,6 +57,21 @@ def compile_blocks(den, cuda_graphs: bool = False) -> str:
     return "repeated blocks"
 
 
+def has_cuda_graph_blocks(loaded) -> bool:
+    return "CUDA graphs" in str(getattr(loaded, "plan_info", {}).get("compiled", ""))
+
+
+def reset_cuda_graphs() -> None:
+    """Drop every recorded CUDA graph, with its memory pool, and the compiled code that replays them.
+
+    torch records the blocks' graphs once per input shape and keeps each shape's pool, so under a tight budget
+    a second image size can run out of memory beside the first's graphs. The engine's out-of-memory back-off
+    calls this first; the blocks compile (from Inductor's cache) and record again on their next call."""
+    import torch
+
+    torch._dynamo.reset()  # also resets the CUDA-graph trees (their pools), which the old compiled code holds
+
+
 def apply_attention_backend(pipe, backend: str) -> None:
     denoiser_of(pipe).set_attention_backend(backend)
 

@@ -4,7 +4,8 @@ It picks the device and the memory plan, keeps loaded models in a pool, finds th
 by the request, runs it, and saves images atomically with their metadata.
 
 Running out of GPU memory is an outcome it handles, not a crash: after a CUDA OOM in any stage it
-frees memory and retries with the next cheaper step -- the batch split in halves, then VAE
+frees memory and retries with the next cheaper step -- where the compiled blocks replay CUDA graphs,
+first those graphs dropped (each image size records its own, and keeps its pool), then the batch split in halves, then VAE
 tiling/slicing, then the next cheaper memory plan (the model reloaded under it) -- a bounded
 number of times. Every step taken is in each image's metadata ("fallbacks") and in the result's
 warnings. When nothing is left it raises OutOfMemory saying what the request needs and what to
@@ -24,7 +25,8 @@ from lightdiff import outputs, specs, workflows
 from lightdiff.errors import BadOutput, OutOfMemory
 from lightdiff.runtime import plan as plans
 from lightdiff.runtime.device import GiB, cap_vram, pick_device
-from lightdiff.runtime.fastpath import STEP_CACHE_WARNING, check_step_cache, step_cache
+from lightdiff.runtime.fastpath import (STEP_CACHE_WARNING, check_step_cache, has_cuda_graph_blocks,
+                                        reset_cuda_graphs, step_cache)
 from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
 
@@ -222,7 +224,7 @@ class Engine:
         done: list[tuple[int, GenerationResult]] = []
         fallbacks: list[str] = []
         tried: set = set()
-        attempts = 0
+        attempts, graphs_reset = 0, False
         tiled, tile_px = bool(plan.options.get("vae_tiling")), plan.options.get("vae_tile_px")
         while chunks:
             offset, n = chunks[0]
@@ -262,7 +264,12 @@ class Engine:
             attempts += 1
             if attempts > self.max_retries:
                 raise self._out_of_memory(r, plan, stage, error, fallbacks)
-            if stage == "decode" and (not tiled or tile_px):  # whole images or half tiles: default tiles next
+            if not graphs_reset and has_cuda_graph_blocks(loaded):  # another size's graphs may hold the memory
+                graphs_reset = True
+                reset_cuda_graphs()
+                free_memory(self.device)
+                fallbacks.append("cuda-graphs-reset")
+            elif stage == "decode" and (not tiled or tile_px):  # whole images or half tiles: default tiles next
                 tiled, tile_px = True, None
                 fallbacks.append("vae-tiling")
             elif n > 1:
