@@ -59,6 +59,10 @@ def child(args) -> None:
                 loaded.pipe.to(device)
                 loaded.device = device
             return loaded
+        # a reload (a fallback plan, or a placement the pool did not match) rebuilds the synthetic weights; for
+        # a 20B model on the CPU that takes minutes, so say so where a timed-out case's log will show it
+        print(f"reloading {spec.id} on {device} (a new placement); rebuilding synthetic weights", file=sys.stderr,
+              flush=True)
         return loader.load(spec, weights_, device=device, dtype=dtype)
 
     engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast, cuda_graph_blocks=args.cuda_graph_blocks)
@@ -148,8 +152,9 @@ def parent(args) -> int:
             except subprocess.TimeoutExpired as e:
                 got = [json.loads(line[4:]) for line in (e.stdout or b"").decode().splitlines()
                        if line.startswith("ROW ")]
+                err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
                 got.append({"model": model, "budget_gb": budget, "status": "timeout",
-                            "error": f"case took over {TIMEOUT_S[model]} s"})
+                            "error": f"case took over {TIMEOUT_S[model]} s", "stderr_tail": err[-1500:]})
             print(f"{model} @ {budget} GB: {len(got)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
             rows.extend(got)
             with out.open("w") as f:
