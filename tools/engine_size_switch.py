@@ -60,7 +60,8 @@ def main() -> int:
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             warm = engine.run({**request, "steps": 2})
-            row.update(warmup_s=round(time.perf_counter() - t0, 2), warmup_fallbacks=warm.metadata[0].get("fallbacks", []))
+            row.update(warmup_s=round(time.perf_counter() - t0, 2),
+                       warmup_fallbacks=warm.metadata[0].get("fallbacks", []))
             times = []
             for _ in range(args.runs):
                 torch.cuda.synchronize()

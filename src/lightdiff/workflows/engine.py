@@ -5,8 +5,8 @@ by the request, runs it, and saves images atomically with their metadata.
 
 Running out of GPU memory is an outcome it handles, not a crash: after a CUDA OOM in any stage it
 frees memory and retries with the next cheaper step -- where the compiled blocks replay CUDA graphs,
-first those graphs dropped (each image size records its own, and keeps its pool), then the batch split in halves, then VAE
-tiling/slicing, then the next cheaper memory plan (the model reloaded under it) -- a bounded
+first those graphs dropped (each image size records its own and keeps its pool), then the batch split
+in halves, then VAE tiling/slicing, then the next cheaper memory plan (the model reloaded under it) -- a bounded
 number of times. Every step taken is in each image's metadata ("fallbacks") and in the result's
 warnings. When nothing is left it raises OutOfMemory saying what the request needs and what to
 change; the engine stays usable for the next request. Decoded images are checked: NaN pixels
