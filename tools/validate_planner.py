@@ -11,6 +11,11 @@ the warm-up and the timed runs), the median seconds per image, the fallbacks use
   python tools/validate_planner.py --out planner.jsonl                  # on a CUDA machine, ~8 min on an H100
   python tools/validate_planner.py --tiny --out /tmp/planner-tiny.jsonl # the same code path on CPU, tiny twins
 
+Does one engine keep its model (and its compiled, graphed blocks) when the size changes? ``--in-order --sizes
+1024 768 512 1024 --fail-on-reload`` runs the sizes as given, repeats included, and makes a reload fail the size
+at once instead of rebuilding the weights (H100, 2026-11-27: a 768 request after a 1024 one under 24 GB
+reloaded qwen-image-2512, fixed in ``plan.plan_key``).
+
 Synthetic weights are built on the GPU before the cap is set (seconds, where building 20 B random
 parameters on the CPU takes minutes), then moved to host RAM, which is where lightdiff loads weights
 for every plan but resident; the Engine then places them as its plan says.
@@ -59,6 +64,8 @@ def child(args) -> None:
                 loaded.pipe.to(device)
                 loaded.device = device
             return loaded
+        if args.fail_on_reload:
+            raise RuntimeError(f"the engine asked to reload {spec.id} (a fallback plan or a placement change)")
         # a reload (a fallback plan, or a placement the pool did not match) rebuilds the synthetic weights; for
         # a 20B model on the CPU that takes minutes, so say so where a timed-out case's log will show it
         print(f"reloading {spec.id} on {device} (a new placement); rebuilding synthetic weights", file=sys.stderr,
@@ -67,7 +74,7 @@ def child(args) -> None:
 
     engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast, cuda_graph_blocks=args.cuda_graph_blocks)
     engine.pool.load_fn = load_once
-    for size in sorted(args.sizes, reverse=True):
+    for size in args.sizes if args.in_order else sorted(args.sizes, reverse=True):
         row = {"model": args.model, "run_as": model, "weights": weights, "device": device,
                "gpu": torch.cuda.get_device_name(0) if cuda else None, "budget_gb": args.budget, "size": size,
                "steps": args.steps, "build_s": round(build_s, 2), "fast": args.fast}
@@ -80,8 +87,10 @@ def child(args) -> None:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            engine.run({**request, "steps": 2})  # loads the model (first size) and encodes the prompts
-            row["warmup_s"] = round(time.perf_counter() - t0, 2)
+            warm = engine.run({**request, "steps": 2})  # loads the model (first size) and encodes the prompts
+            # a new size compiles and records its graphs here: an out-of-memory fallback shows up here first
+            row.update(warmup_s=round(time.perf_counter() - t0, 2),
+                       warmup_fallbacks=warm.metadata[0].get("fallbacks", []))
             times, result = [], None
             for _ in range(args.runs):
                 if cuda:
@@ -142,6 +151,8 @@ def parent(args) -> int:
                 cmd.append("--tiny")
             if not args.cuda_graph_blocks:
                 cmd.append("--no-cuda-graph-blocks")
+            cmd += [flag for flag, on in (("--in-order", args.in_order), ("--fail-on-reload", args.fail_on_reload))
+                    if on]
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S[model])
@@ -208,6 +219,10 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graph-blocks", action=argparse.BooleanOptionalAction, default=True,
                    help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs "
                         "(default, as the engine; --no-cuda-graph-blocks measures without)")
+    p.add_argument("--in-order", action="store_true",
+                   help="run the sizes in the order given, repeats included (default: each once, largest first)")
+    p.add_argument("--fail-on-reload", action="store_true",
+                   help="a reload of the model fails the size at once instead of rebuilding the weights")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--budget", type=float, help=argparse.SUPPRESS)
