@@ -114,6 +114,9 @@ def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: st
     return Estimate(peak, host, sec, fits_vram and fits_ram, reason, options)
 
 
+VAE_MODES = ("vae_tiling", "vae_slicing", "vae_tile_px")  # the keys _vae_options writes: modes, not placement
+
+
 def _vae_options(tiling: m.Tiling) -> dict:
     """The plan's VAE modifiers; half tiles add their side (``vae_tile_px``), which plan_apply sets."""
     out = {"vae_tiling": bool(tiling), "vae_slicing": bool(tiling)}
@@ -478,9 +481,6 @@ def choose(spec, width, height, batch=1, budget_gb=None, ram_gb=None, card=None,
     if fitting:
         return min(fitting, key=lambda p: p.estimate.sec_per_image)
     raise does_not_fit(plans)
-
-
-VAE_MODES = ("vae_tiling", "vae_slicing", "vae_tile_px")
 
 
 def plan_key(plan: Plan) -> tuple:
