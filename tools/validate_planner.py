@@ -12,7 +12,7 @@ the warm-up and the timed runs), the median seconds per image, the fallbacks use
   python tools/validate_planner.py --tiny --out /tmp/planner-tiny.jsonl # the same code path on CPU, tiny twins
 
 Does one engine keep its model (and its compiled, graphed blocks) when the size changes? ``--in-order --sizes
-1024 768 512 1024 --fail-on-reload`` runs the sizes as given, repeats included, and makes a reload fail the size
+1024 768 512 1024 --fail-on-reload`` runs the sizes in the order given and makes a reload fail the size
 at once instead of rebuilding the weights (H100, 2026-11-27: a 768 request after a 1024 one under 24 GB
 reloaded qwen-image-2512, fixed in ``plan.plan_key``).
 
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
                    help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs "
                         "(default, as the engine; --no-cuda-graph-blocks measures without)")
     p.add_argument("--in-order", action="store_true",
-                   help="run the sizes in the order given, repeats included (default: each once, largest first)")
+                   help="run the sizes in the order given (default: sorted, largest first)")
     p.add_argument("--fail-on-reload", action="store_true",
                    help="a reload of the model fails the size at once instead of rebuilding the weights")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
