@@ -19,3 +19,7 @@ def test_sizes_in_order_with_a_repeat_keep_one_loaded_model(tmp_path):
     assert [r["size"] for r in rows] == [128, 64, 128]
     assert all(r["status"] == "ok" and r["warmup_fallbacks"] == [] and r["fallbacks"] == [] for r in rows), rows
     assert "reloading" not in proc.stderr
+    # the warm start (weights placed -> first image) belongs to the size that loaded the model, and only to it
+    first = rows[0]
+    assert 0 <= first["ready_after_load_s"] <= first["warmup_s"]
+    assert all("ready_after_load_s" not in r for r in rows[1:])

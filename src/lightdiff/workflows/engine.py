@@ -54,7 +54,7 @@ def memory_request(wf, req):
     return r, extra
 
 
-def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True) -> None:
+def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True, precompiled: bool = True) -> None:
     """Once per loaded model, the speed path that ``fast`` asks for (auto: on CUDA; eager: without compiling;
     off): SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or a transformer's repeated
     blocks compiled (its weights stay where the plan put them; with ``cuda_graph_blocks`` each block replays as a
@@ -86,7 +86,9 @@ def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True) -> None:
 
         if fast == "auto":
             persist_compile_cache()
-        loaded.fast_loop = SD15GraphLoop(loaded.pipe, compiled=fast == "auto")
+        # precompiled: the compiled step and decoder kept on disk per shape, so a later process skips Dynamo's
+        # tracing (runtime/precompiled.py); torch.compile's CUDA-graph loop serves where that cannot work
+        loaded.fast_loop = SD15GraphLoop(loaded.pipe, compiled=fast == "auto", precompiled=precompiled)
 
 
 def _streams_denoiser_each_step(loaded) -> bool:
@@ -104,7 +106,7 @@ def _streams_denoiser_each_step(loaded) -> bool:
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
-                 max_retries: int = 8, fast: str = "auto", cuda_graph_blocks: bool = True):
+                 max_retries: int = 8, fast: str = "auto", cuda_graph_blocks: bool = True, precompiled: bool = True):
         self.device = pick_device(device)
         if plan != "auto":  # an unknown name, or one this device cannot run, fails before anything loads
             strategy = plans.Strategy.named(plan)
@@ -128,6 +130,7 @@ class Engine:
         # engine (tools/validate_planner.py, H100, 2026-11-27, qwen-image-2512 1024 fp8-compute under 24 GB,
         # median of 5): 4.32 s with, 4.74 s without, same peak (20.67 GB); a step-cached request runs them eager
         self.cuda_graph_blocks = cuda_graph_blocks
+        self.precompiled = precompiled  # with fast="auto": SD1.5's loop from precompiled artifacts (attach_fast_path)
         self.vram_budget_gb = vram_budget_gb
         self.ram_budget_gb = ram_budget_gb
         self.max_retries = max_retries
@@ -243,7 +246,7 @@ class Engine:
 
                     set_vae_tiling(loaded, tiled, tile_px)  # as this request's plan says: its peak was predicted so
                 sub = req.model_copy(update={"seed": (req.seed + offset) % 2**32, "batch_size": n})
-                attach_fast_path(loaded, self.fast, self.cuda_graph_blocks)
+                attach_fast_path(loaded, self.fast, self.cuda_graph_blocks, self.precompiled)
                 with step_cache(loaded.pipe, req.step_cache):
                     result = wf.run(loaded, sub, progress=progress, cancel=cancel)
                 fallbacks.extend(e for e in state.events if e not in fallbacks)

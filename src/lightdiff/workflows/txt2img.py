@@ -73,6 +73,8 @@ def run(loaded, request, progress=None, cancel=None) -> GenerationResult:
                           generators(r.seed, r.batch_size), num_images_per_prompt=r.batch_size,
                           callback=step_callback(r.steps, progress, cancel))
             used = {"fast_path": "graph-loop" if fast.graphed else "graph-loop (eager)"}
+            if fast.precompiled_notes:  # per function: "loaded", "compiled", or why not
+                used["precompiled"] = dict(fast.precompiled_notes)
             return GenerationResult(images=images, metadata=[image_metadata(loaded, NAME, r, i, req, used)
                                                              for i in range(len(images))],
                                     warnings=warnings, timings={"generate_s": timer()})

@@ -1,0 +1,116 @@
+"""Compiled functions kept on disk, so a second process skips Dynamo's tracing; and a call replayed as a CUDA graph.
+
+A warm-cache start of SD1.5's compiled graph loop spent 7.5-10.5 s of its 14-20 s in Dynamo's bytecode tracing
+(H100 hosts, 2026-11-27, ``compile_stats``): Inductor's and AOTAutograd's caches skip code generation, not
+tracing. torch.compile's AOT compile (``aot_compile``, ``torch.compiler.load_compiled_function``) traces once
+and saves the traced function with Inductor's code; a later process loads and calls it without tracing.
+
+Guards: only tensor guards (shape, dtype, strides, device) are kept, since guards on Python objects cannot be
+saved. Everything else the trace depended on (the model's config, its attention processors, the compile mode,
+the torch build and the GPU) goes into the artifact's key instead; a loaded function whose tensor guards fail is
+compiled anew. The API is experimental in torch: any failure raises ``PrecompileFailed``, and callers fall back
+to torch.compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lightdiff import settings
+
+
+class PrecompileFailed(RuntimeError):
+    """The AOT compile, its save or its load did not work in this torch build; use torch.compile instead."""
+
+
+def cache_dir() -> Path:
+    return settings.home() / "precompiled"
+
+
+def artifact_key(name: str, args: tuple, extra: dict) -> str:
+    """A file name for ``name`` compiled for these arguments' tensors (shape, dtype, strides, device) and ``extra``
+    (whatever else the trace depended on), on this torch build and device."""
+    import torch
+
+    def sig(a):
+        if isinstance(a, torch.Tensor):
+            return ["tensor", list(a.shape), str(a.dtype), list(a.stride()), a.device.type]
+        if isinstance(a, torch.nn.Module):
+            return ["module", type(a).__name__]
+        return ["value", repr(a)]
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    blob = json.dumps({"name": name, "args": [sig(a) for a in args], "extra": extra, "torch": torch.__version__,
+                       "device": device}, sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
+def _tensor_guards_only(entries):
+    """Keep tensor guards: guards on Python objects cannot be saved (the key stands for them)."""
+    import torch
+
+    keep = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)
+    if keep is not None:
+        return keep(entries)
+    return [e.guard_type in ("TENSOR_MATCH", "NEURAL_NET_MODULE_MATCH") for e in entries]
+
+
+def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None):
+    """``fn`` compiled (fullgraph) for ``args``: loaded from ``<directory>/<key>.bin`` when a check call with
+    ``args`` passes its guards, else traced, compiled and saved there. Returns (callable, "loaded" or "compiled").
+    The file is written atomically; a stale or unreadable one is replaced."""
+    import torch
+
+    path = (directory or cache_dir()) / f"{key}.bin"
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        raise PrecompileFailed(f"torch {torch.__version__} has no torch.compiler.load_compiled_function")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                loaded = torch.compiler.load_compiled_function(f)
+            check = getattr(loaded, "guard_check", None)  # absent in some torch builds: the key stands for it
+            if check is None or check(*args):
+                return loaded, "loaded"
+        except Exception:  # an artifact from another build, or unreadable: compile anew below
+            pass
+    try:
+        # torch 2.11 has the API behind this flag (off by default); later builds have it on
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            compiled = torch.compile(fn, fullgraph=True, options={"guard_filter_fn": _tensor_guards_only})
+        aot = compiled.aot_compile((args, {}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aot.save_compiled_function(str(path))
+    except Exception as e:
+        raise PrecompileFailed(f"AOT compile of {key} failed: {type(e).__name__}: {e}"[:600]) from e
+    return aot, "compiled"
+
+
+class GraphedCall:
+    """``fn(*args)`` captured once as a CUDA graph: each call copies its tensor arguments into the captured
+    inputs, replays, and returns the captured output, which the next call overwrites (copy what must outlive
+    it). Non-tensor arguments (a module) must be the same objects every call; the graph keeps its own pool."""
+
+    def __init__(self, fn, args: tuple):
+        import torch
+
+        self.inputs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside the capture: lazy initialisation, library workspaces
+            for _ in range(2):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = fn(*self.inputs)
+
+    def __call__(self, *args):
+        import torch
+
+        for dst, src in zip(self.inputs, args):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        self.graph.replay()
+        return self.output

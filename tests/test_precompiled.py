@@ -1,0 +1,101 @@
+"""The precompiled SD1.5 loop (runtime/precompiled.py): compiled once, loaded by a later process without tracing,
+with the live weights and the plain pipeline's pixels."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json, sys, diffusers, numpy as np, torch
+from lightdiff.runtime import fastpath, loader
+from lightdiff.workflows.base import generators
+
+lm = loader.load("tiny-sd15", device="cpu")
+pipe = lm.pipe
+if sys.argv[1] == "changed-weights":  # the artifact must read the weights it is given, not the ones it saw
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.mul_(1.05)
+pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
+ref = pipe(prompt="a red circle", negative_prompt="blurry", width=64, height=64, num_inference_steps=4,
+           guidance_scale=7.0, generator=generators(3, 1)).images[0]
+pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
+loop = fastpath.SD15GraphLoop(pipe, compiled=True, precompiled=True)
+out = loop("a red circle", "blurry", 64, 64, 4, 7.0, generators(3, 1))[0]
+diff = int(np.abs(np.asarray(ref, dtype=int) - np.asarray(out, dtype=int)).max())
+print("RESULT " + json.dumps({"notes": loop.precompiled_notes, "max_pixel_diff": diff,
+                              "graphs": int(torch._dynamo.utils.counters["stats"].get("unique_graphs", 0))}))
+"""
+
+
+def run(tmp_path, mode):
+    env = {**os.environ, "LIGHTDIFF_HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[7:])
+
+
+def test_precompiled_loop_is_saved_then_loaded_without_tracing_and_reads_live_weights(tmp_path):
+    import torch
+
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        pytest.skip(f"torch {torch.__version__} has no AOT compile; the loop falls back to torch.compile")
+    first = run(tmp_path, "same-weights")
+    assert first["notes"] == {"sd15-euler-cfg-step": "compiled", "sd15-vae-decode": "compiled"}, first
+    assert first["max_pixel_diff"] <= 2, first
+    saved = sorted(p.name.split("-")[1] for p in (tmp_path / "precompiled").iterdir())
+    assert saved == ["euler", "vae"]
+    second = run(tmp_path, "changed-weights")  # a new process: loads both, traces nothing
+    assert second["notes"] == {"sd15-euler-cfg-step": "loaded", "sd15-vae-decode": "loaded"}, second
+    assert second["graphs"] == 0, second
+    assert second["max_pixel_diff"] <= 2, second  # against the plain pipeline with the changed weights
+
+
+@pytest.mark.gpu
+def test_precompiled_loop_replays_its_cuda_graph_with_the_eager_pixels(tmp_path, monkeypatch):
+    import diffusers
+    import numpy as np
+    import torch
+
+    from lightdiff.runtime import fastpath, loader, precompiled
+    from lightdiff.workflows.base import generators
+
+    monkeypatch.setenv("LIGHTDIFF_HOME", str(tmp_path))
+    lm = loader.load("tiny-sd15", device="cuda", dtype=torch.float16)
+    pipe = lm.pipe
+    refs = []
+    for seed in (1, 2):
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
+        refs.append(pipe(prompt="x", width=64, height=64, num_inference_steps=4, guidance_scale=7.0,
+                         generator=generators(seed, 1)).images[0])
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(lm.scheduler_config)
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, precompiled=True)
+    outs = [loop("x", None, 64, 64, 4, 7.0, generators(seed, 1))[0] for seed in (1, 2)]  # the second replays
+    assert loop.precompiled_notes == {"sd15-euler-cfg-step": "compiled", "sd15-vae-decode": "compiled"}
+    assert any(isinstance(f, precompiled.GraphedCall) for f in loop._precompiled.values())
+    for ref, out in zip(refs, outs):
+        assert np.abs(np.asarray(ref, dtype=int) - np.asarray(out, dtype=int)).max() <= 3
+
+
+def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkeypatch):
+    """A torch build without a working AOT compile: the loop notes why and serves with torch.compile's step and a
+    compiled decoder (what it runs with when precompiling is off), and does not try that function again."""
+    from lightdiff.runtime import fastpath, loader, precompiled
+
+    def refuse(*a, **k):
+        raise precompiled.PrecompileFailed("this torch cannot")
+
+    monkeypatch.setattr(precompiled, "load_or_compile", refuse)
+    pipe = loader.load("tiny-sd15", device="cpu").pipe  # its own copy: the decoder gets compiled
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, precompiled=True)
+    assert pipe.vae.decoder._compiled_call_impl is None  # left to the precompiled decode
+    args = (pipe.unet, None)
+    assert loop._precompiled_fn("sd15-euler-cfg-step", fastpath.euler_cfg_step, args, {}) is None
+    assert loop.precompiled_notes["sd15-euler-cfg-step"].startswith("not precompiled: PrecompileFailed")
+    assert pipe.vae.decoder._compiled_call_impl is not None
+    monkeypatch.setattr(precompiled, "load_or_compile", lambda *a, **k: pytest.fail("tried again"))
+    assert loop._precompiled_fn("sd15-euler-cfg-step", fastpath.euler_cfg_step, args, {}) is None
