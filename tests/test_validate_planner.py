@@ -23,3 +23,14 @@ def test_sizes_in_order_with_a_repeat_keep_one_loaded_model(tmp_path):
     first = rows[0]
     assert 0 <= first["ready_after_load_s"] <= first["warmup_s"]
     assert all("ready_after_load_s" not in r for r in rows[1:])
+
+
+def test_profile_warmup_writes_where_the_first_request_spends_its_time(tmp_path):
+    out, prof = tmp_path / "rows.jsonl", tmp_path / "warmup.txt"
+    proc = subprocess.run([sys.executable, str(TOOL), "--tiny", "--models", "sd15", "--budgets", "8", "--sizes", "64",
+                           "--runs", "1", "--profile-warmup", str(prof), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text().splitlines()[0])["status"] == "ok"
+    table = prof.read_text()
+    assert "cumulative" in table and "engine.py" in table  # the engine's run is in it, with its callees

@@ -96,7 +96,8 @@ def child(args) -> None:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            warm = engine.run({**request, "steps": 2})  # loads the model (first size) and encodes the prompts
+            warm = profiled(args.profile_warmup if first_size else None, engine.run, {**request, "steps": 2})
+            # ^ loads the model (first size) and encodes the prompts
             # a new size compiles and records its graphs here: an out-of-memory fallback shows up here first
             row.update(warmup_s=round(time.perf_counter() - t0, 2),
                        warmup_fallbacks=warm.metadata[0].get("fallbacks", []))
@@ -127,6 +128,25 @@ def child(args) -> None:
             row.update(status="error", error=f"{type(e).__name__}: {e}"[:500])
         first_size = False
         print("ROW " + json.dumps(row, default=str), flush=True)
+
+
+def profiled(path, fn, *args):
+    """``fn(*args)``; with a ``path``, under cProfile, its 40 costliest calls by cumulative time appended there
+    (where a warm start's seconds go besides compiling)."""
+    if path is None:
+        return fn(*args)
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(fn, *args)
+    finally:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+        with open(path, "a") as f:
+            f.write(text.getvalue())
 
 
 def encode_seconds(pipe, device: str, runs: int = 3) -> float | None:
@@ -166,6 +186,8 @@ def parent(args) -> int:
                 cmd.append("--no-cuda-graph-blocks")
             if not args.precompiled:
                 cmd.append("--no-precompiled")
+            if args.profile_warmup:
+                cmd += ["--profile-warmup", args.profile_warmup]
             cmd += [flag for flag, on in (("--in-order", args.in_order), ("--fail-on-reload", args.fail_on_reload),
                                           ("--no-sd15-prepare", args.no_sd15_prepare)) if on]
             t0 = time.perf_counter()
@@ -238,6 +260,8 @@ def main(argv=None) -> int:
     p.add_argument("--precompiled", action=argparse.BooleanOptionalAction, default=True,
                    help="SD1.5's loop from precompiled artifacts (the engine's default); --no-precompiled: "
                         "torch.compile's CUDA-graph loop, traced in every process")
+    p.add_argument("--profile-warmup", metavar="PATH",
+                   help="append a cProfile table (40 costliest calls) of each process's first warm-up to PATH")
     p.add_argument("--no-sd15-prepare", action="store_true",
                    help="SD1.5's graph loop without its channels_last UNet and compiled VAE decoder "
                         "(fastpath.prepare_sd15_modules): that step's baseline")
