@@ -99,3 +99,25 @@ def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkey
     assert pipe.vae.decoder._compiled_call_impl is not None
     monkeypatch.setattr(precompiled, "load_or_compile", lambda *a, **k: pytest.fail("tried again"))
     assert loop._precompiled_fn("sd15-euler-cfg-step", fastpath.euler_cfg_step, args, {}) is None
+
+
+def double_sin(x):
+    return (x * 2).sin()
+
+
+def test_a_corrupt_artifact_is_compiled_anew_and_replaced(tmp_path):
+    """A half-copied or foreign file where an artifact should be: no crash, a fresh compile, a loadable file."""
+    import torch
+
+    from lightdiff.runtime import precompiled
+
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        pytest.skip(f"torch {torch.__version__} has no AOT compile")
+    x = torch.randn(8)
+    key = precompiled.artifact_key("double-sin", (x,), {})
+    (tmp_path / f"{key}.bin").write_bytes(b"not an artifact")
+    fn, how = precompiled.load_or_compile(double_sin, (x,), key, tmp_path)
+    assert how == "compiled" and torch.allclose(fn(x), double_sin(x))
+    fn, how = precompiled.load_or_compile(double_sin, (x,), key, tmp_path)
+    assert how == "loaded" and torch.allclose(fn(x), double_sin(x))
+    assert precompiled.artifact_key("double-sin", (torch.randn(4),), {}) != key  # another shape, another file

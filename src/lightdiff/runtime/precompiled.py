@@ -6,7 +6,7 @@ tracing. torch.compile's AOT compile (``aot_compile``, ``torch.compiler.load_com
 and saves the traced function with Inductor's code; a later process loads and calls it without tracing.
 
 Guards: only tensor guards (shape, dtype, strides, device) are kept, since guards on Python objects cannot be
-saved. Everything else the trace depended on (the model's config, its attention processors, the compile mode,
+saved. Everything else the trace depended on (the model's config, its attention processors, its memory format,
 the torch build and the GPU) goes into the artifact's key instead; a loaded function whose tensor guards fail is
 compiled anew. The API is experimental in torch: any failure raises ``PrecompileFailed``, and callers fall back
 to torch.compile.
