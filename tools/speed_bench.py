@@ -106,18 +106,22 @@ def sd15(args, out, stamp, warm_only=False):
         return pipe(**kw, num_images_per_prompt=b, generator=generators(1, b)).images
 
     # as the engine builds it: channels_last, the VAE decoder compiled (after the eager rows below ran)
-    loop = fastpath.SD15GraphLoop(pipe, compiled=True, mode=args.sd15_mode, prepare=False)
-    label = "graph-loop" + ("" if args.sd15_mode == "reduce-overhead" else f" ({args.sd15_mode})")
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, mode=args.sd15_mode, prepare=False,
+                                  precompiled=args.sd15_precompiled)
+    label = "graph-loop" + ("" if args.sd15_mode == "reduce-overhead" else f" ({args.sd15_mode})") + \
+        (" precompiled" if args.sd15_precompiled else "")
 
     def fast(b=1):
         return loop(kw["prompt"], kw["negative_prompt"], 512, 512, 20, 7.0, generators(1, b), num_images_per_prompt=b)
 
     def batch_rows():
         for b in args.batches:
-            _, secs = timed(lambda: fast(b), args.runs + 1)  # a new batch size compiles and records: first_s
-            row(out, "sd15", f"{label} + compiled VAE", secs, b, batch_flops[b], stamp)
+            first, secs = timed(lambda: fast(b), args.runs + 1)  # a new batch size compiles and records: first_s
+            row(out, "sd15", f"{label} + compiled VAE", secs, b, batch_flops[b], stamp,
+                max_abs_pixel_diff_vs_eager=float(abs(pixels(first) - pixels(batch_images[b])).max()),
+                precompiled=dict(loop.precompiled_notes) or None)
 
-    flops, batch_flops = None, {}
+    flops, batch_flops, batch_images = None, {}, {}
     if not warm_only:  # every eager row first: preparing the loop changes the pipeline's UNet and decoder
         if not args.batches_only:
             flops = count_flops(lambda: eager(1))
@@ -125,11 +129,11 @@ def sd15(args, out, stamp, warm_only=False):
             row(out, "sd15", "baseline (diffusers eager)", secs, 1, flops, stamp)
         for b in args.batches:
             batch_flops[b] = count_flops(lambda: eager(b))
-            _, secs = timed(lambda: eager(b), 2)
+            batch_images[b], secs = timed(lambda: eager(b), 2)
             row(out, "sd15", "baseline (diffusers eager)", secs, b, batch_flops[b], stamp)
     torch._dynamo.utils.counters.clear()
     t0 = time.perf_counter()
-    fastpath.prepare_sd15_modules(pipe)
+    fastpath.prepare_sd15_modules(pipe, compile_decoder=not args.sd15_precompiled)
     if args.batches_only:  # throughput alone: the first batch size compiles with static shapes
         return batch_rows()
     first, secs = timed(fast, max(3, args.runs))
@@ -396,6 +400,8 @@ def main() -> int:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    p.add_argument("--sd15-precompiled", action="store_true",
+                   help="sd15: the graph loop from precompiled artifacts, as the engine runs it (runtime/precompiled.py)")
     p.add_argument("--batches-only", action="store_true",
                    help="sd15: only the --batches rows (no batch-1 rows; the first batch size compiles static)")
     p.add_argument("--size", type=int, default=1024)
