@@ -84,6 +84,8 @@ def test_precompiled_loop_replays_its_cuda_graph_with_the_eager_pixels(tmp_path,
 def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkeypatch):
     """A torch build without a working AOT compile: the loop notes why and serves with torch.compile's step and a
     compiled decoder (what it runs with when precompiling is off), and does not try that function again."""
+    import torch
+
     from lightdiff.runtime import fastpath, loader, precompiled
 
     def refuse(*a, **k):
@@ -93,12 +95,12 @@ def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkey
     pipe = loader.load("tiny-sd15", device="cpu").pipe  # its own copy: the decoder gets compiled
     loop = fastpath.SD15GraphLoop(pipe, compiled=True, precompiled=True)
     assert pipe.vae.decoder._compiled_call_impl is None  # left to the precompiled decode
-    args = (pipe.unet, None)
-    assert loop._precompiled_fn("sd15-euler-cfg-step", fastpath.euler_cfg_step, args, {}) is None
+    args = (pipe.unet, torch.zeros(1, 4, 8, 8))
+    assert loop._precompiled_step(args) is None
     assert loop.precompiled_notes["sd15-euler-cfg-step"].startswith("not precompiled: PrecompileFailed")
     assert pipe.vae.decoder._compiled_call_impl is not None
     monkeypatch.setattr(precompiled, "load_or_compile", lambda *a, **k: pytest.fail("tried again"))
-    assert loop._precompiled_fn("sd15-euler-cfg-step", fastpath.euler_cfg_step, args, {}) is None
+    assert loop._precompiled_step(args) is None
 
 
 def double_sin(x):

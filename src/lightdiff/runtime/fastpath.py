@@ -213,6 +213,8 @@ def decode_latents(vae, latents):
     return vae.decoder(z)
 
 
+STEP_FN, DECODE_FN = "sd15-euler-cfg-step", "sd15-vae-decode"  # the precompiled functions' names (artifact files)
+
 # torch.compile modes that replay CUDA graphs (max-autotune does too; max-autotune-no-cudagraphs does not)
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
@@ -289,9 +291,10 @@ class SD15GraphLoop:
                 callback(pipe, i, timesteps[i], {})
         return pipe.image_processor.postprocess(self._decode(latents), output_type="pil")
 
-    def _precompiled_fn(self, name: str, fn, args: tuple, extra: dict):
-        """``fn`` loaded or AOT-compiled for these shapes (once per process and shape); None after a failure, which
-        turns precompiling ``name`` off for this loop and says why in ``precompiled_notes``."""
+    def _precompiled_fn(self, name: str, fn, args: tuple, extra, graphed: bool = False):
+        """``fn`` loaded or AOT-compiled for these shapes (once per process and shape; ``extra()``, what the key
+        stands for besides the tensors, is only read then), replayed as a CUDA graph when ``graphed``; None after
+        a failure, which turns precompiling ``name`` off for this loop and says why in ``precompiled_notes``."""
         import torch
 
         from lightdiff.runtime import precompiled
@@ -301,37 +304,42 @@ class SD15GraphLoop:
             return self._precompiled[(name, shapes)]
         if name in self._precompile_failed:
             return None
-        key = precompiled.artifact_key(name, args, extra)
         try:
-            fn, how = precompiled.load_or_compile(fn, args, key)
-            if name == "sd15-euler-cfg-step" and args[1].is_cuda:
+            fn, how = precompiled.load_or_compile(fn, args, precompiled.artifact_key(name, args, extra()))
+            if graphed:
                 fn = precompiled.GraphedCall(fn, args)
-        except Exception as e:  # PrecompileFailed, or the capture: torch.compile's loop serves, as without
+        except Exception as e:  # PrecompileFailed, or the capture: the caller's torch.compile path serves
             self._precompile_failed.add(name)
             self.precompiled_notes[name] = f"not precompiled: {type(e).__name__}: {e}"[:400]
-            if name == "sd15-euler-cfg-step" and self.pipe.vae.decoder._compiled_call_impl is None:
-                self.pipe.vae.decoder.compile(fullgraph=True)  # what prepare_sd15_modules left to this path
             return None
         self.precompiled_notes[name] = how
         self._precompiled[(name, shapes)] = fn
         return fn
 
     def _precompiled_step(self, args: tuple):
+        """The precompiled step for ``args`` (unet, latents, ...), or None: then torch.compile's loop serves, with
+        the compiled decoder prepare_sd15_modules leaves to this path."""
         import torch
 
         unet = self.pipe.unet
-        # what the trace depended on beyond its tensors' shapes: the key stands for these guards
-        extra = {"config": model_config(unet),
-                 "processors": sorted({type(p).__name__ for p in unet.attn_processors.values()}),
-                 "channels_last": unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)}
-        return self._precompiled_fn("sd15-euler-cfg-step", euler_cfg_step, args, extra)
+
+        def extra():  # what the trace depended on beyond its tensors' shapes: the key stands for these guards
+            return {"config": model_config(unet),
+                    "processors": sorted({type(p).__name__ for p in unet.attn_processors.values()}),
+                    "channels_last": unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)}
+
+        step = self._precompiled_fn(STEP_FN, euler_cfg_step, args, extra, graphed=args[1].is_cuda)
+        decoder = self.pipe.vae.decoder
+        if step is None and decoder._compiled_call_impl is None:
+            decoder.compile(fullgraph=True)
+        return step
 
     def _decode(self, latents):
         """The precompiled decoder where the VAE decodes whole images; the pipeline's (tiled, sliced) otherwise."""
         vae = self.pipe.vae
         decode = None
         if self.precompiled and not (getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False)):
-            decode = self._precompiled_fn("sd15-vae-decode", decode_latents, (vae, latents), {"config": model_config(vae)})
+            decode = self._precompiled_fn(DECODE_FN, decode_latents, (vae, latents), lambda: {"config": model_config(vae)})
         if decode is None:
             return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         return decode(vae, latents)
