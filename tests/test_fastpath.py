@@ -42,7 +42,72 @@ def test_graph_loop_supports_only_what_it_reproduces(tiny_sd15):
 def test_persistent_compile_cache_lives_in_lightdiff_home(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("LIGHTDIFF_HOME", str(tmp_path))
-    assert fastpath.persist_compile_cache() == str(tmp_path / "inductor")
+    with torch.compiler.config.patch(job_id=None):  # torch's config is restored afterwards
+        assert fastpath.persist_compile_cache() == str(tmp_path / "inductor")
+        assert torch.compiler.config.job_id == fastpath.PGO_JOB_ID
+    with torch.compiler.config.patch(job_id="users-own"):
+        fastpath.persist_compile_cache()
+        assert torch.compiler.config.job_id == "users-own"  # a job id the user chose is theirs
+
+
+BACKGROUND_IMPORT = r"""
+import sys, torch
+from lightdiff.runtime import fastpath
+
+thread = fastpath.import_compiler_in_background()
+thread.join(timeout=300)
+assert not thread.is_alive() and thread.daemon  # a daemon: it never holds up the process's exit
+missing = [m for m in fastpath.COMPILER_MODULES if m != "triton" and m not in sys.modules]
+assert not missing, missing
+# CUDA-graph trees keep their state in the importing thread's local storage: the main thread must import them
+assert "torch._inductor.cudagraph_trees" not in sys.modules
+import torch._inductor.cudagraph_trees
+assert torch._C._is_key_in_tls("tree_manager_containers")
+print("OK")
+"""
+
+
+def test_the_compile_stack_imports_on_a_background_thread_but_leaves_graph_trees_to_the_main_thread():
+    """On an H100 every reduce-overhead compile failed an assertion (graph trees' thread-local state missing) while
+    the background import included the graph trees; this runs in a fresh interpreter, where nothing is imported yet."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", BACKGROUND_IMPORT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+TWO_LENGTHS = r"""
+import sys, torch
+from lightdiff.runtime import fastpath
+
+fastpath.persist_compile_cache()
+f = torch.compile(lambda text, w: torch.softmax(text @ w, dim=-1) * 2.0, fullgraph=True)
+w = torch.randn(8, 8)
+for length in (5, 9, 13):  # like a prompt and a negative prompt of different token counts
+    f(torch.randn(1, length, 8), w)
+print("GRAPHS", int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+"""
+
+
+def test_a_second_process_traces_a_function_whose_input_length_varies_once(tmp_path):
+    """Warm start: the first process learns the text length varies (static trace, then a dynamic one); the
+    second traces once, dynamic from the start, from the profile kept in the lightdiff home."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR", "TORCH_COMPILE_JOB"))}
+    env["LIGHTDIFF_HOME"] = str(tmp_path)
+
+    def graphs():
+        proc = subprocess.run([sys.executable, "-c", TWO_LENGTHS], capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return int(proc.stdout.split("GRAPHS")[1])
+
+    assert graphs() == 2
+    assert graphs() == 1
 
 
 def test_graph_loop_marks_steps_for_every_mode_that_replays_cuda_graphs():
@@ -168,7 +233,7 @@ def test_engine_step_cache_runs_between_graphed_requests_and_leaves_them_as_they
     request = {"model": "tiny-qwen-image", "prompt": "a red cube", "seed": 3, "steps": 6, "width": 64, "height": 64,
                "guidance": 4.0}
     engine = Engine(device="cuda", plan="resident", fast="auto")  # blocks replay as CUDA graphs by default
-    assert engine.run(request).metadata[0]["plan_info"]["compiled"] == "repeated blocks, CUDA graphs"
+    assert engine.run(request).metadata[0]["plan_info"]["compiled"] == "repeated blocks precompiled, CUDA graphs"
     cached = engine.run({**request, "step_cache": "taylorseer"})  # blocks eager within the cache
     want = Engine(device="cuda", plan="resident", fast="off").run({**request, "step_cache": "taylorseer"})
     diff = np.abs(np.asarray(want.images[0], dtype=int) - np.asarray(cached.images[0], dtype=int)).max()
@@ -179,16 +244,21 @@ def test_engine_step_cache_runs_between_graphed_requests_and_leaves_them_as_they
 
 
 @pytest.mark.gpu
-def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes():
+@pytest.mark.parametrize("precompiled", [True, False])
+def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes(precompiled):
+    """Both CUDA-graph paths: the precompiled block stack (the default) and torch.compile's graph trees over the
+    regionally compiled blocks (--no-precompiled, and the fallback), which the compile stack's background import once
+    broke on the GPU (graph trees' thread-local state)."""
     from lightdiff.workflows.engine import Engine
 
     request = {"model": "tiny-qwen-image", "prompt": "a red cube", "seed": 3, "steps": 4, "width": 64, "height": 64,
-               "guidance": 4.0}
+               "guidance": 4.0, "negative_prompt": "blurry, low quality, extra fingers, watermark"}
     want = Engine(device="cuda", plan="resident", fast="off")
-    graphed = Engine(device="cuda", plan="resident", fast="auto")  # CUDA-graph blocks: the default
+    graphed = Engine(device="cuda", plan="resident", fast="auto", precompiled=precompiled)  # CUDA graphs: the default
     for size in (64, 96):
         r = {**request, "width": size, "height": size}
         a, b = want.run(r), graphed.run(r)
-        assert b.metadata[0]["plan_info"]["compiled"] == "repeated blocks, CUDA graphs"
+        assert b.metadata[0]["plan_info"]["compiled"] == ("repeated blocks precompiled, CUDA graphs" if precompiled
+                                                          else "repeated blocks, CUDA graphs")
         diff = np.abs(np.asarray(a.images[0], dtype=int) - np.asarray(b.images[0], dtype=int)).max()
         assert diff <= 3

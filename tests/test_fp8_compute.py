@@ -130,7 +130,7 @@ def test_engine_compiles_fp8_compute_and_draws_close_to_resident():
     engine = Engine(device="cuda", plan="fp8-compute", fast="auto")
     got = engine.run(REQUEST)
     info = got.metadata[0]["plan_info"]
-    assert got.metadata[0]["plan"] == "fp8-compute" and info.get("compiled") == "repeated blocks, CUDA graphs"
+    assert got.metadata[0]["plan"] == "fp8-compute" and info.get("compiled") == "repeated blocks precompiled, CUDA graphs"
     assert info["fp8"]["layers"] > 0 and info["fp8"]["fast_accum"]
     # a request of another size re-estimates the plan; what loading did stays in its metadata
     again = engine.run({**REQUEST, "width": 96, "height": 96}).metadata[0]["plan_info"]

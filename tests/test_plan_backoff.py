@@ -163,7 +163,7 @@ def test_oom_beside_recorded_cuda_graphs_drops_them_first(monkeypatch):
     loaded = engine.pool.peek("tiny-qwen-image", "auto")
     loaded.plan_info = {**loaded.plan_info, "compiled": "repeated blocks, CUDA graphs"}  # as attach_fast_path on CUDA
     resets = []
-    monkeypatch.setattr(engine_mod, "reset_cuda_graphs", lambda: resets.append(1))
+    monkeypatch.setattr(engine_mod, "reset_cuda_graphs", lambda den=None: resets.append(1))
     Faults(monkeypatch, type(loaded.pipe.transformer), 1, oom)
     result = engine.run(req)
     assert result.metadata[0]["fallbacks"] == ["cuda-graphs-reset"] and resets == [1]

@@ -2,7 +2,9 @@
 together (tools/speed_bench.py).
 
 - compile: the engine compiles a transformer's repeated blocks (regional compilation); Inductor's caches
-  persist across processes under ``<LIGHTDIFF_HOME>/inductor`` so compilation is paid once.
+  persist across processes under ``<LIGHTDIFF_HOME>/inductor`` so compilation is paid once. Qwen-Image's block is
+  precompiled instead (runtime/precompiled_blocks.py: kept on disk, no tracing in a later process, the block stack
+  one CUDA graph; H100: ready 3.8-4.9 s after load, against 11-12 s).
 - graph loop (SD1.5, Euler): one denoising step (CFG batch, UNet, guidance, Euler update) is a single
   compiled function captured as a CUDA graph, so a step is one graph replay with no host work and no host
   synchronisation between steps. diffusers' loop does several small launches and Python work per step,
@@ -24,13 +26,54 @@ from contextlib import contextmanager
 from lightdiff import settings
 
 
+PGO_JOB_ID = "lightdiff"
+
+
 def persist_compile_cache() -> str:
-    """Keep Inductor's FX-graph and autotuning caches in the lightdiff home, so a second process reuses them."""
+    """Keep Inductor's FX-graph and autotuning caches in the lightdiff home, so a second process reuses them; and
+    Dynamo's profile of which input sizes vary (its "automatic dynamic" PGO, kept beside them), so a second process
+    traces such a function once, dynamic from the start, instead of static first and again dynamic when the size
+    changes (Qwen-Image's blocks see the prompt's and the negative prompt's text lengths in every step: 3 traces
+    a warm start, H100, 2026-11-27). torch keeps that profile only for a named job (``torch.compiler.config.job_id``);
+    a job id the user set is left alone."""
+    import torch
+
     path = str(settings.home() / "inductor")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", path)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    if torch.compiler.config.job_id is None:
+        torch.compiler.config.job_id = PGO_JOB_ID
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+# What compiling or loading compiled code first imports: Inductor registers its primitives and custom ops at import,
+# which took ~4 s of qwen-image-2512's 12.9 s warm start under cProfile (H100, 2026-11-27, validate_planner
+# --profile-warmup), after the weights were placed. Not torch._inductor.cudagraph_trees: its import keeps the graph
+# trees' state in the importing thread's local storage, and compiled code on the main thread then fails an assertion
+# (H100, 2026-11-27: every reduce-overhead compile failed that way until it was taken off this list)
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor.inductor_prims", "torch._inductor.compile_fx",
+                    "torch._inductor.codecache", "torch._inductor.async_compile", "torch._functorch.aot_autograd",
+                    "triton")
+
+
+def import_compiler_in_background():
+    """Import the compile stack on a daemon thread, so it overlaps with loading the weights (pinning host memory and
+    copying to the GPU release the GIL) instead of delaying the first image. Returns the thread; an import that
+    fails here fails again, with its message, where the code first needs it."""
+    import importlib
+    import threading
+
+    def run():
+        for name in COMPILER_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # e.g. no triton on this machine: compiling says so itself
+                pass
+
+    thread = threading.Thread(target=run, name="lightdiff-import-compiler", daemon=True)
+    thread.start()
+    return thread
 
 
 def compile_stats(top: int = 10) -> dict:
@@ -51,41 +94,63 @@ def denoiser_of(pipe):
     return getattr(pipe, "transformer", None) or pipe.unet
 
 
-def compile_blocks(den, cuda_graphs: bool = False) -> str:
-    """Compile a transformer's repeated blocks (regional compilation); with ``cuda_graphs`` each compiled block
-    also replays as a CUDA graph (torch.compile's reduce-overhead), and each denoiser call first marks a new
-    CUDA-graph step, so the outputs of true CFG's two calls in one denoising step are both kept (without the
-    mark, the second call's replays would find the first's outputs still live); without, a mark hook left by an
-    earlier compile is removed. Returns what it did."""
+def mark_graph_steps(den, on: bool) -> None:
+    """With ``on``, each denoiser call first marks a new CUDA-graph step, so the outputs of true CFG's two calls in
+    one denoising step are both kept (without the mark, the second call's graph replays would find the first's
+    outputs still live); without, a mark hook left by an earlier compile is removed."""
     import torch
 
     mark = getattr(den, "_lightdiff_step_mark", None)
-    if cuda_graphs:
-        if mark is None:
-            den._lightdiff_step_mark = den.register_forward_pre_hook(
-                lambda *_: torch.compiler.cudagraph_mark_step_begin())
-        den.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
-        return "repeated blocks, CUDA graphs"
-    if mark is not None:
+    if on and mark is None:
+        den._lightdiff_step_mark = den.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
+    elif not on and mark is not None:
         mark.remove()
         den._lightdiff_step_mark = None
+
+
+def compile_blocks(den, cuda_graphs: bool = False) -> str:
+    """Compile a transformer's repeated blocks (regional compilation); with ``cuda_graphs`` each compiled block
+    also replays as a CUDA graph (torch.compile's reduce-overhead), each denoiser call marking a new graph step
+    (``mark_graph_steps``). Returns what it did."""
+    mark_graph_steps(den, cuda_graphs)
+    if cuda_graphs:
+        den.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+        return "repeated blocks, CUDA graphs"
     den.compile_repeated_blocks(fullgraph=True)
     return "repeated blocks"
+
+
+def precompile_blocks(den, cuda_graphs: bool = False) -> str:
+    """Qwen-Image's blocks from one artifact kept on disk (runtime/precompiled_blocks.py): a later process skips
+    Dynamo's tracing; with ``cuda_graphs`` (CUDA) the whole stack of blocks replays as one graph; any failure
+    compiles them regionally instead (``compile_blocks``). Other transformers are compiled regionally. Returns what
+    it did."""
+    from lightdiff.runtime import precompiled_blocks
+
+    if not precompiled_blocks.supported(den):
+        return compile_blocks(den, cuda_graphs)
+    mark_graph_steps(den, False)  # the stack graphs are ours, not torch's graph trees: no steps to mark
+    precompiled_blocks.PrecompiledBlocks(den, cuda_graphs=cuda_graphs)
+    return "repeated blocks precompiled, CUDA graphs" if cuda_graphs else "repeated blocks precompiled"
 
 
 def has_cuda_graph_blocks(loaded) -> bool:
     return "CUDA graphs" in str(getattr(loaded, "plan_info", {}).get("compiled", ""))
 
 
-def reset_cuda_graphs() -> None:
+def reset_cuda_graphs(den=None) -> None:
     """Drop every recorded CUDA graph, with its memory pool, and the compiled code that replays them.
 
     torch records the blocks' graphs once per input shape and keeps each shape's pool, so under a tight budget
     a second image size can run out of memory beside the first's graphs. The engine's out-of-memory back-off
-    calls this first; the blocks compile (from Inductor's cache) and record again on their next call."""
+    calls this first; the blocks compile (from Inductor's cache) or load (precompiled, from disk) and record again
+    on their next call."""
     import torch
 
     torch._dynamo.reset()  # also resets the CUDA-graph trees (their pools), which the old compiled code holds
+    blocks = getattr(den, "_lightdiff_precompiled", None)
+    if blocks is not None:
+        blocks.reset()
 
 
 def apply_attention_backend(pipe, backend: str) -> None:

@@ -75,7 +75,7 @@ class Fp8Linear(torch.nn.Module):
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         pad = padded_rows(rows, self.min_rows) - rows
-        if pad:
+        if torch.compiler.is_compiling() or pad:  # compiled: no guard on the row count (a dynamic text length)
             flat = torch.nn.functional.pad(flat, (0, 0, 0, pad))
         values, scale = quantize_rows(flat)
         # bf16 out (and bias): cuBLAS's row-wise scaled fp8 matmul refuses fp32 ones (a model in fp32, such as

@@ -48,19 +48,46 @@ def artifact_key(name: str, args: tuple, extra: dict) -> str:
 
 
 def _tensor_guards_only(entries):
-    """Keep tensor guards: guards on Python objects cannot be saved (the key stands for them)."""
+    """Keep the guards on tensors (shape, dtype, strides, device; not on parameters, whose values the compiled code
+    reads as inputs) and on the relations between dynamic sizes: guards on Python objects cannot be saved (the key
+    stands for them)."""
     import torch
 
     keep = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)
-    if keep is not None:
-        return keep(entries)
-    return [e.guard_type in ("TENSOR_MATCH", "NEURAL_NET_MODULE_MATCH") for e in entries]
+    tensors = keep(entries) if keep is not None else [e.guard_type == "TENSOR_MATCH" for e in entries]
+    return [kept or e.guard_type == "SHAPE_ENV" for kept, e in zip(tensors, entries)]
 
 
-def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None):
+def _marked_for_tracing(args: tuple, dynamic) -> tuple:
+    """``args`` with the tensors that ``dynamic`` names ((index path, dim) pairs: ``((5, 1), 0)`` is dim 0 of
+    ``args[5][1]``) replaced by copies marked dynamic in that dim. Copies: a tensor that keeps the mark fails the
+    loaded function's guards later (a marking absent when it was traced), so callers' tensors stay unmarked."""
+    import torch
+
+    def copy(value, path, dims):
+        if not path:
+            value = value.detach().clone()
+            for dim in dims:
+                torch._dynamo.mark_dynamic(value, dim)
+            return value
+        items = list(value)
+        items[path[0]] = copy(items[path[0]], path[1:], dims)
+        return type(value)(items)
+
+    by_path: dict[tuple, list[int]] = {}
+    for path, dim in dynamic:
+        by_path.setdefault(tuple(path), []).append(dim)
+    for path, dims in by_path.items():
+        args = copy(args, path, dims)
+    return args
+
+
+def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None, dynamic=()):
     """``fn`` compiled (fullgraph) for ``args``: loaded from ``<directory>/<key>.bin`` when a check call with
     ``args`` passes its guards, else traced, compiled and saved there. Returns (callable, "loaded" or "compiled").
-    The file is written atomically; a stale or unreadable one is replaced."""
+    ``dynamic`` lists the sizes that may vary between calls ((index path, dim) pairs, as ``_marked_for_tracing``
+    reads them): one artifact serves every such size; the key must then not depend on them. The file is written
+    atomically; a stale or unreadable one is replaced."""
     import torch
 
     path = (directory or cache_dir()) / f"{key}.bin"
@@ -79,7 +106,7 @@ def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None):
         # torch 2.11 has the API behind this flag (off by default); later builds have it on
         with torch._dynamo.config.patch(enable_aot_compile=True):
             compiled = torch.compile(fn, fullgraph=True, options={"guard_filter_fn": _tensor_guards_only})
-        aot = compiled.aot_compile((args, {}))
+        aot = compiled.aot_compile((_marked_for_tracing(args, dynamic), {}))
         path.parent.mkdir(parents=True, exist_ok=True)
         aot.save_compiled_function(str(path))
     except Exception as e:
@@ -90,9 +117,10 @@ def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None):
 class GraphedCall:
     """``fn(*args)`` captured once as a CUDA graph: each call copies its tensor arguments into the captured
     inputs, replays, and returns the captured output, which the next call overwrites (copy what must outlive
-    it). Non-tensor arguments (a module) must be the same objects every call; the graph keeps its own pool."""
+    it). Non-tensor arguments (a module) must be the same objects every call. The graph keeps its own memory pool,
+    or shares ``pool`` (``torch.cuda.graph_pool_handle()``) with graphs that never run at the same time."""
 
-    def __init__(self, fn, args: tuple):
+    def __init__(self, fn, args: tuple, pool=None):
         import torch
 
         self.inputs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
@@ -103,7 +131,7 @@ class GraphedCall:
                 fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=pool):
             self.output = fn(*self.inputs)
 
     def __call__(self, *args):

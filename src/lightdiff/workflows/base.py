@@ -153,6 +153,9 @@ def image_metadata(loaded, workflow: str, r: Resolved, index: int, request: Base
     }
     if loaded.synthetic:
         meta["note"] = "synthetic weights: random values, the image is noise"
+    blocks = getattr(getattr(loaded.pipe, "transformer", None), "_lightdiff_precompiled", None)
+    if blocks is not None and blocks.notes:  # the precompiled blocks: "loaded", "compiled", or the fallback and why
+        meta["precompiled"] = dict(blocks.notes)
     if getattr(request, "step_cache", None):
         meta["step_cache"] = {"kind": request.step_cache, "changes_output": True}
     meta.update(extra or {})

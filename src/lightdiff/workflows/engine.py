@@ -57,9 +57,9 @@ def memory_request(wf, req):
 def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True, precompiled: bool = True) -> None:
     """Once per loaded model, the speed path that ``fast`` asks for (auto: on CUDA; eager: without compiling;
     off): SD1.5's graph-captured Euler loop (txt2img uses it when it applies), or a transformer's repeated
-    blocks compiled (its weights stay where the plan put them; with ``cuda_graph_blocks`` each block replays as a
-    CUDA graph) and, where the plan streams its weights every step, its true CFG batched. The engine and the
-    benchmark share it."""
+    blocks compiled (its weights stay where the plan put them; with ``precompiled``, Qwen-Image's from an artifact on
+    disk; with ``cuda_graph_blocks`` they replay as CUDA graphs) and, where the plan streams its weights every step,
+    its true CFG batched. The engine and the benchmark share it."""
     if hasattr(loaded, "fast_loop"):
         return
     loaded.fast_loop = None
@@ -67,10 +67,13 @@ def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True, precompi
     den = getattr(loaded.pipe, "transformer", None)
     if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
             and loaded.plan in ("resident", "fp8-compute")):  # weights that stay put: no offload hooks to trace
-        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache
+        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache, precompile_blocks
 
         persist_compile_cache()
-        loaded.plan_info = {**loaded.plan_info, "compiled": compile_blocks(den, cuda_graphs=cuda_graph_blocks)}
+        # precompiled: Qwen-Image's blocks from one artifact on disk, so a later process skips Dynamo's tracing
+        # (runtime/precompiled_blocks.py); regional torch.compile for other transformers and if that fails
+        compile_fn = precompile_blocks if precompiled else compile_blocks
+        loaded.plan_info = {**loaded.plan_info, "compiled": compile_fn(den, cuda_graphs=cuda_graph_blocks)}
     if (wanted and den is not None and loaded.spec.rules.guidance_kind == "true_cfg"
             and _streams_denoiser_each_step(loaded)):
         # true CFG's two forwards per step as one of batch 2 (runtime/cfg_batch.py), so the streamed
@@ -130,7 +133,12 @@ class Engine:
         # engine (tools/validate_planner.py, H100, 2026-11-27, qwen-image-2512 1024 fp8-compute under 24 GB,
         # median of 5): 4.32 s with, 4.74 s without, same peak (20.67 GB); a step-cached request runs them eager
         self.cuda_graph_blocks = cuda_graph_blocks
-        self.precompiled = precompiled  # with fast="auto": SD1.5's loop from precompiled artifacts (attach_fast_path)
+        # with fast="auto": SD1.5's loop and Qwen-Image's blocks from precompiled artifacts (attach_fast_path)
+        self.precompiled = precompiled
+        if fast == "auto" and str(self.device).startswith("cuda"):
+            from lightdiff.runtime.fastpath import import_compiler_in_background
+
+            import_compiler_in_background()  # compiled code runs after the first load: import it meanwhile
         self.vram_budget_gb = vram_budget_gb
         self.ram_budget_gb = ram_budget_gb
         self.max_retries = max_retries
@@ -269,7 +277,7 @@ class Engine:
                 raise self._out_of_memory(r, plan, stage, error, fallbacks)
             if not graphs_reset and has_cuda_graph_blocks(loaded):  # another size's graphs may hold the memory
                 graphs_reset = True
-                reset_cuda_graphs()
+                reset_cuda_graphs(getattr(loaded.pipe, "transformer", None))
                 free_memory(self.device)
                 fallbacks.append("cuda-graphs-reset")
             elif stage == "decode" and (not tiled or tile_px):  # whole images or half tiles: default tiles next
