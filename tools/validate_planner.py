@@ -125,14 +125,17 @@ def child(args) -> None:
             row.update(status={"does_not_fit": "does_not_fit", "out_of_memory": "oom"}.get(e.code, "error"),
                        error=e.to_dict())
         except Exception as e:  # recorded as data: the next size still runs
-            row.update(status="error", error=f"{type(e).__name__}: {e}"[:500])
+            import traceback
+
+            row.update(status="error", error=f"{type(e).__name__}: {e}"[:500],
+                       traceback=traceback.format_exc(limit=-8)[-3000:])  # where: an assert carries no message
         first_size = False
         print("ROW " + json.dumps(row, default=str), flush=True)
 
 
 def profiled(path, fn, *args):
-    """``fn(*args)``; with a ``path``, under cProfile, its 40 costliest calls by cumulative time appended there
-    (where a warm start's seconds go besides compiling)."""
+    """``fn(*args)``; with a ``path``, under cProfile, its 100 costliest calls by cumulative time and 40 by own time
+    appended there (where a warm start's seconds go besides compiling)."""
     if path is None:
         return fn(*args)
     import cProfile
@@ -144,7 +147,9 @@ def profiled(path, fn, *args):
         return prof.runcall(fn, *args)
     finally:
         text = io.StringIO()
-        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+        stats = pstats.Stats(prof, stream=text)
+        stats.sort_stats("cumulative").print_stats(100)
+        stats.sort_stats("tottime").print_stats(40)
         with open(path, "a") as f:
             f.write(text.getvalue())
 
@@ -258,7 +263,7 @@ def main(argv=None) -> int:
                    help="with --fast auto: the engine's compiled transformer blocks also replay as CUDA graphs "
                         "(default, as the engine; --no-cuda-graph-blocks measures without)")
     p.add_argument("--precompiled", action=argparse.BooleanOptionalAction, default=True,
-                   help="SD1.5's loop from precompiled artifacts (the engine's default); --no-precompiled: "
+                   help="SD1.5's loop and Qwen-Image's blocks from precompiled artifacts (the engine's default); --no-precompiled: "
                         "torch.compile's CUDA-graph loop, traced in every process")
     p.add_argument("--profile-warmup", metavar="PATH",
                    help="append a cProfile table (40 costliest calls) of each process's first warm-up to PATH")
