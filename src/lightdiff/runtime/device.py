@@ -49,6 +49,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def is_oom(error: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.OutOfMemoryError, or a RuntimeError saying so)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
 def pick_device(name: str | None = None) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'. Validates explicit names."""
     import torch

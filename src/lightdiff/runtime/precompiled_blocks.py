@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 
+from lightdiff.runtime.device import is_oom
+
 BLOCK_FN = "qwen-image-block"
 BLOCK_CLASSES = ("QwenImageTransformerBlock",)
 TEXT_DIM = 1  # encoder_hidden_states: (batch, text tokens, dim)
@@ -47,12 +49,6 @@ def _plain(t):
     import torch
 
     return t.clone() if isinstance(t, torch.Tensor) and t._base is not None else t
-
-
-def _is_oom(error: Exception) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 class PrecompiledBlocks:
@@ -198,7 +194,7 @@ class PrecompiledBlocks:
             if "GuardManager check failed" in str(e):  # sizes outside the traced guards: the plain block serves
                 self.notes[f"{BLOCK_FN} guard miss"] = " ".join(str(e).split())[:400]
                 return block._call_impl(**kwargs)
-            if _is_oom(e) or not self.cuda_graphs:
+            if is_oom(e) or not self.cuda_graphs:
                 raise
             self._fall_back(f"block-stack CUDA graph failed: {type(e).__name__}: {e}")  # a capture torch refused
             return block._compiled_call_impl(**kwargs)

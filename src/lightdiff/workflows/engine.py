@@ -24,7 +24,7 @@ from pathlib import Path
 from lightdiff import outputs, specs, workflows
 from lightdiff.errors import BadOutput, OutOfMemory
 from lightdiff.runtime import plan as plans
-from lightdiff.runtime.device import GiB, cap_vram, pick_device
+from lightdiff.runtime.device import GiB, cap_vram, is_oom, pick_device
 from lightdiff.runtime.fastpath import (STEP_CACHE_WARNING, check_step_cache, has_cuda_graph_blocks,
                                         reset_cuda_graphs, step_cache)
 from lightdiff.runtime.pool import PipelinePool, free_memory
@@ -33,14 +33,6 @@ from lightdiff.workflows.base import GenerationResult, parse, resolve
 # what loading (fp8 conversion) and the speed path record in a loaded model's plan_info: true of the loaded
 # model for every request, so kept when the plan is re-estimated for one
 FAST_PATH_INFO = ("compiled", "cfg", "fp8")
-
-
-def is_oom(error: BaseException) -> bool:
-    """A CUDA out-of-memory error (torch.OutOfMemoryError, or a RuntimeError saying so)."""
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 def memory_request(wf, req):
