@@ -63,7 +63,6 @@ class PrecompiledBlocks:
         self._fns: dict[tuple, object] = {}
         self._graphs: OrderedDict[tuple, object] = OrderedDict()
         self._pool = None
-        self._failed = False
         self._blocks = list(den.transformer_blocks)
         self._stack_ok = False  # this denoiser call may run the blocks as one graph (set before each call)
         self._pass_through = 0  # blocks left in this call that pass the stack graph's output on
@@ -124,7 +123,6 @@ class PrecompiledBlocks:
     def _fall_back(self, why: str) -> None:
         from lightdiff.runtime.fastpath import compile_blocks
 
-        self._failed = True
         self.notes[BLOCK_FN] = why[:400]
         self._hook.remove()
         self.reset()
@@ -179,10 +177,9 @@ class PrecompiledBlocks:
             return block._call_impl(**kwargs)  # not what the artifact was traced for
         args = (block, _plain(hidden_states), _plain(encoder_hidden_states), _plain(encoder_hidden_states_mask),
                 _plain(temb), tuple(_plain(r) for r in image_rotary_emb))
-        fn = None if self._failed else self._fn(args)
-        if fn is None:
-            return block._compiled_call_impl(**kwargs) if block._compiled_call_impl is not None else \
-                block._call_impl(**kwargs)
+        fn = self._fn(args)
+        if fn is None:  # precompiling failed: _fall_back compiled every block regionally, this one included
+            return block._compiled_call_impl(**kwargs)
         try:
             if self.cuda_graphs and self._stack_ok and block is self._blocks[0]:
                 graph = self._stack_graph(fn, args)
