@@ -37,6 +37,9 @@ SETTINGS: dict[str, Setting] = {
                 "Device for generation: auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
         Setting("allow_unsafe_pickle", "LIGHTDIFF_ALLOW_UNSAFE_PICKLE", "0",
                 "Set to 1 to allow loading pickle checkpoints (.ckpt, .pt, .bin), which can run code."),
+        Setting("pin_in_place", "LIGHTDIFF_PIN_IN_PLACE", "0",
+                "Set to 1 to pin streamed weights in one exact-size buffer (runtime/pinned.py) instead of "
+                "diffusers' per-tensor pinning; off until its GPU run passes end to end."),
     ]
 }
 

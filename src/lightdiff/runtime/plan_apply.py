@@ -13,7 +13,7 @@ import inspect
 from collections import OrderedDict
 
 from lightdiff.errors import BadOutput, LightdiffError
-from lightdiff.runtime import plan_model
+from lightdiff.runtime import pinned, plan_model
 
 PROMPT_CACHE_SIZE = 16
 
@@ -153,6 +153,8 @@ def _place_text_encoder(pipe, device: str, mode: str) -> None:
 
     te.to("cpu")
     cuda = _is_cuda(device)
+    if cuda and pinned.enabled():  # one exact-size pinned buffer, not diffusers' per-tensor pin_memory
+        pinned.pin_module(te)
     apply_group_offloading(te, onload_device=device, offload_device="cpu", offload_type="leaf_level",
                            use_stream=cuda, record_stream=cuda)
 
@@ -309,6 +311,8 @@ def _group_offload(loaded, device: str, plan) -> None:
         if plan.options.get("storage") == "fp8":
             den.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=loaded.dtype)
         den.to("cpu")
+        if cuda and pinned.enabled():
+            pinned.pin_module(den)
         den.enable_group_offload(**offload_kwargs)
     else:
         blocks = getattr(den, attr)
@@ -332,6 +336,8 @@ def _group_offload(loaded, device: str, plan) -> None:
             if i not in set(streamed):
                 block.to(device)
         if streamed:
+            if cuda and pinned.enabled():  # the streamed blocks in one pinned buffer, released with the denoiser
+                pinned.pin_module(torch.nn.ModuleList([blocks[i] for i in streamed]), owner=den)
             with _only_children(den, attr, [blocks[i] for i in streamed]):
                 apply_group_offloading(den, **offload_kwargs)
     _place_others(loaded, device, plan)
