@@ -244,3 +244,45 @@ def test_bench_predicts_each_item_under_the_placement_its_process_applied():
     assert alone.options["layout"] != layout  # 512 alone would stream fewer blocks...
     assert got["sec_per_image"] == pytest.approx(round(want.sec_per_image, 3))  # ...but ran under 1024's layout
     assert got["peak_vram_gb"] == pytest.approx(round(want.peak_vram_gb, 2))
+
+
+def test_pinned_rounding_table_matches_the_architectures_on_the_meta_device():
+    # torch's host allocator rounds each pinned tensor up to a power of two (measured: tools/pin_bench.py)
+    from lightdiff.runtime.build import build_on_meta
+
+    def pow2(n):
+        return 1 << (n - 1).bit_length()
+
+    checked = set()
+    for model, component in (("qwen-image-2512", "text_encoder"), ("qwen-image-2512", "transformer"),
+                             ("sd15", "text_encoder"), ("sd15", "unet")):
+        spec = specs.get(model)
+        module = build_on_meta(spec, [component])[component]
+        streamed = getattr(module, "transformer_blocks", module)  # the blocks where the planner streams blocks
+        tensors = {id(t): t for t in [*streamed.parameters(), *streamed.buffers()] if t.numel()}.values()
+        ratio = sum(pow2(t.numel() * t.element_size()) for t in tensors) / sum(t.numel() * t.element_size()
+                                                                                for t in tensors)
+        comp = spec.components[component]
+        key = (comp.cls, round(comp.params_M, 2))
+        assert plan_model.PINNED_ROUNDING[key] == pytest.approx(ratio, abs=1e-3)
+        checked.add(key)
+    assert checked == set(plan_model.PINNED_ROUNDING)
+
+
+def test_streamed_weights_count_pinned_host_ram_as_torch_rounds_it(monkeypatch):
+    spec = specs.get("qwen-image-2512")
+    te_gib = plan_model.gib(spec.params_M("text_encoder"), plan_model.compute_dtype(spec))
+
+    def host(**env):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return Strategy.FP8_COMPUTE.estimate("qwen-image-2512", 1024, 1024, 1, 24.0, steps=20,
+                                             fixed={"text_encoder": "streamed"}).host_ram_gb
+
+    rounded, in_place = host(), host(LIGHTDIFF_PIN_IN_PLACE="1")
+    assert rounded - in_place == pytest.approx(te_gib * (1.8921 - 1), rel=1e-6)
+    assert rounded > 31.25 / 1.0737  # at least what its pinned copy measured, in GiB
+    blocks_in_place = plans.plan_for(Strategy.GROUP_OFFLOAD, "qwen-image-2512", 1024, 1024, 1, 16.0).estimate
+    monkeypatch.delenv("LIGHTDIFF_PIN_IN_PLACE")
+    blocks = plans.plan_for(Strategy.GROUP_OFFLOAD, "qwen-image-2512", 1024, 1024, 1, 16.0).estimate
+    assert blocks.host_ram_gb > blocks_in_place.host_ram_gb  # streamed blocks too

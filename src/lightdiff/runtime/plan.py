@@ -90,7 +90,7 @@ def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: st
     elif te_mode == "streamed":
         transients.append(m.te_stream_gib(r))
     peak = gpu + max(transients)
-    host = m.HOST_BASE_GIB + parts.host + (te if te_mode == "streamed" else 0.0)
+    host = m.HOST_BASE_GIB + parts.host + (m.pinned_gib(te, r.spec, "text_encoder") if te_mode == "streamed" else 0.0)
     sec = m.seconds_per_image(r, parts.per_call_s, tiling, parts.per_image_extra_s)
     options = {**parts.options, **_vae_options(tiling), "text_encoder": te_mode}
     if needs:
@@ -221,7 +221,8 @@ def _group_parts(r: Request, tiling: m.Tiling, te_mode: str, allow_fp8: bool, la
         compute = m.call_compute_s(r)
         per_call = (compute + max(0.0, copy - (compute - r.profile.call_overhead_s)) + 8 * m.GROUP_SYNC_S
                     + (m.cast_s_per_call(r, den_M) if allow_fp8 else 0.0))
-        return _Parts(resident, 0.0, m.gib(den_M, storage), per_call, {"storage": storage, "layout": "all streamed"})
+        host = m.pinned_gib(m.gib(den_M, storage), r.spec, r.profile.denoiser)
+        return _Parts(resident, 0.0, host, per_call, {"storage": storage, "layout": "all streamed"})
     # room for the denoiser = what fits minus everything else on the GPU at its largest transient
     if isinstance(layout, dict):  # a placement already made: cost it as it is
         fixed_layout = m.BlockLayout(layout["blocks"], layout["streamed"], layout["resident_fp8"],

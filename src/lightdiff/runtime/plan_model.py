@@ -41,6 +41,32 @@ VRAM_MARGIN_FRAC = 0.05
 HOST_BASE_GIB = 3.0
 HOST_MARGIN_GIB = 1.0
 
+# Streamed weights (group offloading with CUDA streams) live in pinned host RAM. diffusers pins each tensor with
+# Tensor.pin_memory(), and torch's caching host allocator rounds every block up to a power of two: MEASURED, 31.25 GB
+# pinned for 716 tensors of 16.49 GB shaped as Qwen-Image's text encoder, exactly the sum of their sizes rounded up
+# (tools/pin_bench.py, H100 host, 2026-11-27). (component class, params_M) -> pinned bytes / weight bytes of what
+# is streamed from it (a transformer's blocks, else the whole component), computed from the architectures' tensor
+# shapes (a test recomputes them on the meta device); at most 2x where the architecture is not in the table.
+# Pinned in place (LIGHTDIFF_PIN_IN_PLACE=1, runtime/pinned.py) the weights take their own size.
+PINNED_ROUNDING = {
+    ("Qwen2_5_VLForConditionalGeneration", 8292.17): 1.8921,
+    ("QwenImageTransformer2DModel", 20430.4): 1.5802,
+    ("CLIPTextModel", 123.06): 1.7742,
+    ("UNet2DConditionModel", 859.52): 1.2065,
+}
+PINNED_ROUNDING_MAX = 2.0
+
+
+def pinned_gib(weights_gib: float, spec, component: str) -> float:
+    """Host RAM that ``weights_gib`` of ``component``'s streamed weights take once pinned."""
+    from lightdiff import settings
+
+    if settings.get("pin_in_place") == "1":
+        return weights_gib
+    comp = spec.components[component]
+    return weights_gib * PINNED_ROUNDING.get((comp.cls, round(comp.params_M or 0.0, 2)), PINNED_ROUNDING_MAX)
+
+
 # fp8 layerwise casting re-casts every weight twice per forward (fp8->bf16 before, bf16->fp8 after):
 # about 6 bytes of memory traffic per parameter. CALIBRATED: qwen-image-2512 at 1024 with fp8
 # storage + VAE tiling took 11.7 s vs 7.47 s bf16 on the H100 (baselines.md, allocator capped at
@@ -362,7 +388,7 @@ class LayoutCost:
     layout: BlockLayout
     gpu_weights_gib: float  # denoiser weights resident on the GPU (blocks + the small top-level layers)
     buffers_gib: float  # streamed blocks in flight (the one computing and the one being copied)
-    host_gib: float  # streamed blocks in pinned host RAM
+    host_gib: float  # streamed blocks in pinned host RAM (pinned_gib)
     per_call_s: float
 
 
@@ -384,7 +410,7 @@ def layout_cost(r: Request, layout: BlockLayout) -> LayoutCost:
     stall = max(0.0, copy - (compute - r.profile.call_overhead_s))
     per_call = (compute + stall + layout.streamed * GROUP_SYNC_S
                 + cast_s_per_call(r, fp8_blocks * per_block_M))
-    return LayoutCost(layout, resident_gib, buffers, layout.streamed * b_s, per_call)
+    return LayoutCost(layout, resident_gib, buffers, pinned_gib(layout.streamed * b_s, r.spec, den), per_call)
 
 
 def best_layout(r: Request, room_gib: float, allow_fp8: bool) -> LayoutCost | None:
