@@ -133,6 +133,8 @@ def sd15(args, out, stamp, warm_only=False):
             row(out, "sd15", "baseline (diffusers eager)", secs, b, batch_flops[b], stamp)
     torch._dynamo.utils.counters.clear()
     t0 = time.perf_counter()
+    if not args.ab:  # with --ab the levers go on a second loop, compared in this process (sd15_ab)
+        label += tune(args, pipe)
     fastpath.prepare_sd15_modules(pipe, compile_decoder=not args.sd15_precompiled)
     if args.batches_only:  # throughput alone: the first batch size compiles with static shapes
         return batch_rows()
@@ -148,7 +150,79 @@ def sd15(args, out, stamp, warm_only=False):
         max_abs_pixel_diff_vs_eager=dev, compile_stats=stats)
     if args.profile:  # what bounds the graphed loop at batch 1: launches, kernels, the VAE
         profile_to(args.profile, f"sd15 {label} + compiled VAE, 20 steps, batch 1", fast, rows=40)
+    if args.ab:
+        return sd15_ab(args, out, stamp, pipe, fast, kw, flops, ref)
     batch_rows()
+
+
+def sd15_ab(args, out, stamp, pipe, fast_a, kw, flops, ref):
+    """Batch 1 in one process: the graph loop as built (A) against a second loop (B) on a copy of the UNet with
+    the levers asked for (--fuse-qkv, --cudnn-benchmark: set before B compiles and records, so A keeps the
+    convolution algorithms it recorded with), timed alternately so both see the same machine state."""
+    import copy
+    import functools
+
+    import torch
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    from lightdiff.runtime import fastpath
+    from lightdiff.workflows.base import generators
+
+    unet_b, label_b = copy.deepcopy(pipe.unet), ""
+    if args.fuse_qkv:  # what pipe.fuse_qkv_projections() does to the UNet
+        unet_b.fuse_qkv_projections()
+        unet_b.set_attn_processor(FusedAttnProcessor2_0())
+        label_b += " + fused QKV"
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+        label_b += " + cudnn.benchmark"
+    loop_b = fastpath.SD15GraphLoop(pipe, compiled=True, mode=args.sd15_mode, prepare=False)
+    loop_b.step = torch.compile(functools.partial(fastpath.euler_cfg_step, unet_b,
+                                                  prediction_type=loop_b.prediction_type),
+                                mode=args.sd15_mode, fullgraph=True)
+
+    def fast_b():
+        return loop_b(kw["prompt"], kw["negative_prompt"], 512, 512, 20, 7.0, generators(1, 1))
+
+    t0 = time.perf_counter()
+    first_b = fast_b()
+    compile_b = time.perf_counter() - t0
+    fast_b()  # graph recording
+    secs_a, secs_b = [], []
+    for _ in range(max(5, args.runs)):
+        secs_a += timed(fast_a, 1)[1]
+        secs_b += timed(fast_b, 1)[1]
+    row(out, "sd15", "A/B: graph-loop + compiled VAE", secs_a, 1, flops, stamp, ab="A", ab_levers=label_b.strip(" +"))
+    row(out, "sd15", f"A/B: graph-loop{label_b} + compiled VAE", secs_b, 1, flops, stamp, ab="B",
+        first_s_compile=round(compile_b, 1), max_abs_pixel_diff_vs_eager=float(abs(pixels(first_b) - pixels(ref)).max()))
+
+
+# Inductor options diffusers documents for diffusion models ("Accelerate inference of text-to-image diffusion
+# models"): 1x1 convolutions as matmuls (their epilogues fuse), each generated Triton kernel's launch config tuned by
+# coordinate descent at compile time. Not in the engine: SD1.5's step had not compiled with them after 330 s (H100,
+# 2026-11-27, 97 s without).
+INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
+                   "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
+
+
+def tune(args, pipe=None) -> str:
+    """The opt-in levers under measurement, applied before anything compiles; returns their label suffix."""
+    import torch
+
+    label = ""
+    if args.fuse_qkv and pipe is not None:  # diffusers: Q, K, V (self-attention) and K, V (cross) as one matmul
+        pipe.fuse_qkv_projections()
+        label += " + fused QKV"
+    if args.inductor_tuning:
+        import torch._inductor.config as inductor_config
+
+        for name, value in INDUCTOR_TUNING.items():
+            setattr(inductor_config, name, value)
+        label += " + inductor tuning"
+    if args.cudnn_benchmark:  # cuDNN times its convolution algorithms per shape instead of its heuristics
+        torch.backends.cudnn.benchmark = True
+        label += " + cudnn.benchmark"
+    return label
 
 
 def qwen_setup(args):
@@ -224,6 +298,7 @@ def qwen_fp8(args, out, stamp):
             compile_s=round(secs[0] - statistics.median(secs[1:]), 1),
             max_abs_diff_vs_eager=float(abs(first - ref).max()))
         uncompile_blocks(pipe.transformer)
+    tuned = tune(args)  # Inductor's options for the compiled rows below (label suffix)
     t0 = time.perf_counter()
     done = fp8.quantize_denoiser(pipe.transformer, fast_accum=False)  # row-wise first; --fast-accum then switches
     quantize_s = round(time.perf_counter() - t0, 1)
@@ -251,8 +326,8 @@ def qwen_fp8(args, out, stamp):
         torch.cuda.reset_peak_memory_stats()
         try:
             first, secs = timed(call, args.runs + 2)  # warm-up, then recording
-            variant, mode, fp8_first = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)", \
-                "reduce-overhead", first
+            variant, mode, fp8_first = "fp8 compute + compile_repeated_blocks (reduce-overhead: CUDA graphs)" + \
+                tuned, "reduce-overhead", first
             row(out, "qwen-image-2512", variant, secs[2:], 1, flops, stamp, width=size,
                 compile_s=round(secs[0] + secs[1] - 2 * statistics.median(secs[2:]), 1),
                 rel_l2_vs_bf16=rel_l2(first, ref), fp8=done)
@@ -399,7 +474,7 @@ def main() -> int:
     p.add_argument("what", choices=["sd15", "sd15-warm", "qwen", "qwen-fp8"])
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[4, 8, 16])
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",") if x], default=[4, 8, 16])
     p.add_argument("--sd15-precompiled", action="store_true",
                    help="sd15: the graph loop from precompiled artifacts, as the engine runs it (runtime/precompiled.py)")
     p.add_argument("--batches-only", action="store_true",
@@ -420,6 +495,13 @@ def main() -> int:
                                      "sd15: a table of one graphed 20-step image")
     p.add_argument("--sd15-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune"],
                    help="sd15: torch.compile mode of the graphed Euler step (both replay CUDA graphs)")
+    p.add_argument("--ab", action="store_true",
+                   help="sd15: batch 1 only, the --fuse-qkv/--cudnn-benchmark levers on a second loop in this "
+                        "process, timed alternately with the first (a cross-process spread hides a few percent)")
+    p.add_argument("--fuse-qkv", action="store_true", help="sd15: the fast rows with diffusers' fused QKV projections")
+    p.add_argument("--inductor-tuning", action="store_true",
+                   help="the compiled rows with INDUCTOR_TUNING (diffusers' documented Inductor options)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="the compiled rows with torch.backends.cudnn.benchmark")
     p.add_argument("--budget", type=float, help="qwen: then cap the allocator at this many GB, apply the "
                                                 "planner's plan and measure CFG two-call vs batched")
     args = p.parse_args()

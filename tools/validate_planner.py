@@ -39,6 +39,7 @@ TIMEOUT_S = {"sd15": 240, "qwen-image-2512": 480}
 
 
 def child(args) -> None:
+    import psutil
     import torch
 
     from lightdiff.errors import LightdiffError
@@ -115,6 +116,8 @@ def child(args) -> None:
                        fallbacks=result.metadata[0].get("fallbacks", []), load_s=round(loaded.load_s, 2),
                        warmup_precompiled=warm.metadata[0].get("precompiled"),
                        plan_info=loaded.plan_info, compile_stats=compile_stats())
+            # host RAM the process holds now (the planner predicts the loaded model's share: host_ram_gb)
+            row["host_rss_gb"] = round(psutil.Process().memory_info().rss / GiB, 2)
             if first_size:  # the warm start: from the weights placed (and quantized) to the first image done
                 row["ready_after_load_s"] = round(row["warmup_s"] - loaded.load_s, 2)
             if cuda:
