@@ -157,25 +157,18 @@ def sd15(args, out, stamp, warm_only=False):
 
 def sd15_ab(args, out, stamp, pipe, fast_a, kw, flops, ref):
     """Batch 1 in one process: the graph loop as built (A) against a second loop (B) on a copy of the UNet with
-    the levers asked for (--fuse-qkv, --cudnn-benchmark: set before B compiles and records, so A keeps the
-    convolution algorithms it recorded with), timed alternately so both see the same machine state."""
+    the levers asked for (--fuse-qkv, --cudnn-benchmark, --inductor-tuning: set after A compiled and recorded, so A
+    keeps its code and convolution algorithms), timed alternately so both see the same machine state."""
     import copy
     import functools
 
     import torch
-    from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
     from lightdiff.runtime import fastpath
     from lightdiff.workflows.base import generators
 
-    unet_b, label_b = copy.deepcopy(pipe.unet), ""
-    if args.fuse_qkv:  # what pipe.fuse_qkv_projections() does to the UNet
-        unet_b.fuse_qkv_projections()
-        unet_b.set_attn_processor(FusedAttnProcessor2_0())
-        label_b += " + fused QKV"
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
-        label_b += " + cudnn.benchmark"
+    unet_b = copy.deepcopy(pipe.unet)
+    label_b = tune(args, unet=unet_b)  # A has compiled and recorded already: global options reach B only
     loop_b = fastpath.SD15GraphLoop(pipe, compiled=True, mode=args.sd15_mode, prepare=False)
     loop_b.step = torch.compile(functools.partial(fastpath.euler_cfg_step, unet_b,
                                                   prediction_type=loop_b.prediction_type),
@@ -205,13 +198,20 @@ INDUCTOR_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True,
                    "coordinate_descent_check_all_directions": True, "epilogue_fusion": False}
 
 
-def tune(args, pipe=None) -> str:
-    """The opt-in levers under measurement, applied before anything compiles; returns their label suffix."""
+def tune(args, pipe=None, unet=None) -> str:
+    """The opt-in levers under measurement, applied before anything compiles (fused QKV to the pipeline's UNet and
+    VAE, or to ``unet`` alone); returns their label suffix."""
     import torch
 
     label = ""
-    if args.fuse_qkv and pipe is not None:  # diffusers: Q, K, V (self-attention) and K, V (cross) as one matmul
-        pipe.fuse_qkv_projections()
+    if args.fuse_qkv and (pipe is not None or unet is not None):  # Q, K, V (self-attention), K, V (cross): one matmul
+        if unet is None:
+            pipe.fuse_qkv_projections()
+        else:  # what pipe.fuse_qkv_projections() does to the UNet
+            from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+            unet.fuse_qkv_projections()
+            unet.set_attn_processor(FusedAttnProcessor2_0())
         label += " + fused QKV"
     if args.inductor_tuning:
         import torch._inductor.config as inductor_config

@@ -39,7 +39,7 @@ class HostBuffer:
 
 
 def _host_tensors(module) -> list:
-    """The module's parameters and buffers in host RAM that are not pinned yet, each once (a tied weight once)."""
+    """The module's parameters and buffers in host RAM, each once (a tied weight once)."""
     seen, out = set(), []
     for t in list(module.parameters()) + list(module.buffers()):
         if t.device.type != "cpu" or id(t) in seen or t.numel() == 0:
