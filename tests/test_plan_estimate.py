@@ -286,3 +286,14 @@ def test_streamed_weights_count_pinned_host_ram_as_torch_rounds_it(monkeypatch):
     monkeypatch.delenv("LIGHTDIFF_PIN_IN_PLACE")
     blocks = plans.plan_for(Strategy.GROUP_OFFLOAD, "qwen-image-2512", 1024, 1024, 1, 16.0).estimate
     assert blocks.host_ram_gb > blocks_in_place.host_ram_gb  # streamed blocks too
+
+
+def test_a_paged_text_encoder_is_the_way_out_when_the_pinned_copy_does_not_fit_host_ram():
+    # a 4090D host with 32 GB: the pinned text encoder (31 GB) does not fit beside the process; paged, it does
+    roomy = plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 24.0, ram_gb=64.0, card="RTX 4090D", steps=20)
+    assert roomy.name == "fp8-compute" and roomy.options["text_encoder"] == "streamed"
+    tight = plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 24.0, ram_gb=32.0, card="RTX 4090D", steps=20)
+    assert tight.name == "fp8-compute" and tight.options["text_encoder"] == "paged"
+    assert tight.estimate.host_ram_gb + plan_model.HOST_MARGIN_GIB <= 32.0
+    assert tight.estimate.sec_per_image == pytest.approx(roomy.estimate.sec_per_image)  # prompts are cached
+    assert "text encoder paged from host RAM (a new prompt: about" in tight.estimate.reason

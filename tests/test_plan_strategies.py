@@ -63,8 +63,9 @@ def test_partial_group_offload_keeps_some_blocks_resident():
     assert layout["streamed"] == 1 and hooked == [False, True]  # block 0 resident, block 1 streamed
 
 
-def test_text_encoder_runs_once_per_prompt_and_can_be_streamed(baseline):
-    loaded = _placed("tiny-qwen-image", Strategy.RESIDENT, text_encoder="streamed")
+@pytest.mark.parametrize("mode", ["streamed", "paged"])
+def test_text_encoder_runs_once_per_prompt_and_can_be_streamed(baseline, mode):
+    loaded = _placed("tiny-qwen-image", Strategy.RESIDENT, text_encoder=mode)
     te = loaded.pipe.text_encoder
     assert any(hasattr(m, "_diffusers_hook") for m in te.modules())  # leaf-level group offloading
     first = _pixels(loaded)

@@ -158,7 +158,7 @@ class PlanChoice:
         """Load into host RAM first (all plans but resident, or a streamed text encoder)."""
         if self.plan is None:
             return False
-        return bool(self.plan.strategy.value.load_on_cpu or self.plan.options.get("text_encoder") == "streamed")
+        return bool(self.plan.strategy.value.load_on_cpu or self.plan.options.get("text_encoder") in ("streamed", "paged"))
 
     def predicted(self, item) -> dict | None:
         """The prediction for ``item`` under the placement this process applied (sized for the group's most

@@ -2,8 +2,10 @@
 
 A plan is a ``Strategy`` (one enum member each: a name, an ``estimate`` and an ``apply``) plus
 modifiers the estimate chooses: VAE tiling/slicing, and where the text encoder lives ("device":
-resident; "streamed": leaf-level group offloading onto the GPU only while a prompt is encoded, its
-embeddings cached per prompt; "managed": accelerate's offload hooks move it). Estimating needs no
+resident; "streamed": leaf-level group offloading onto the GPU only while a prompt is encoded, from pinned
+host RAM, its embeddings cached per prompt; "paged": the same from pageable host RAM, copied in and out
+synchronously, where the pinned copy (torch rounds it up) does not fit the host; "managed": accelerate's
+offload hooks move it). Estimating needs no
 torch (``lightdiff fit`` runs without it); applying imports torch lazily (runtime/plan_apply.py).
 The cost model and where each of its numbers comes from: runtime/plan_model.py.
 
@@ -75,7 +77,7 @@ class _Parts:
 
 
 def _text_encoder_modes(r: Request) -> list[str]:
-    return ["device", "streamed"] if m.has_text_encoder(r.spec) else ["none"]
+    return ["device", "streamed", "paged"] if m.has_text_encoder(r.spec) else ["none"]
 
 
 def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: str | None = None) -> Estimate:
@@ -87,10 +89,10 @@ def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: st
     transients = [parts.denoise_transient + m.denoise_act_gib(r), m.vae_act_gib(r, tiling, bool(tiling))]
     if te_mode == "device":
         transients.append(p.te_act_gib)
-    elif te_mode == "streamed":
+    elif te_mode in ("streamed", "paged"):
         transients.append(m.te_stream_gib(r))
     peak = gpu + max(transients)
-    host = m.HOST_BASE_GIB + parts.host + (m.pinned_gib(te, r.spec, "text_encoder") if te_mode == "streamed" else 0.0)
+    host = m.HOST_BASE_GIB + parts.host + {"streamed": m.pinned_gib(te, r.spec, "text_encoder"), "paged": te}.get(te_mode, 0.0)
     sec = m.seconds_per_image(r, parts.per_call_s, tiling, parts.per_image_extra_s)
     options = {**parts.options, **_vae_options(tiling), "text_encoder": te_mode}
     if needs:
@@ -102,6 +104,8 @@ def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: st
         reason = f"fits: {where}" + _tiled_words(r, tiling)
         if te_mode == "streamed":
             reason += ", text encoder streamed"
+        elif te_mode == "paged":
+            reason += f", text encoder paged from host RAM (a new prompt: about {m.te_paged_encode_s(r, te):.1f} s)"
     elif not fits_vram:
         reason = (f"needs {_need_vram(peak):.1f} GB VRAM with margin (peak {peak:.1f}); "
                   f"budget {r.vram_gb:.1f} GB")
@@ -138,14 +142,14 @@ def _need_vram(peak: float) -> float:
 def _best(candidates: list[Estimate]) -> Estimate:
     """The fastest candidate that fits, else the one that needs the least (VRAM, then RAM)."""
     fitting = [e for e in candidates if e.fits]
-    if fitting:
-        return min(fitting, key=lambda e: e.sec_per_image)
+    if fitting:  # a paged text encoder costs host RAM less and each new prompt more: only where nothing else fits
+        return min(fitting, key=lambda e: (e.sec_per_image, e.options.get("text_encoder") == "paged"))
     return min(candidates, key=lambda e: (e.peak_vram_gb, e.host_ram_gb))
 
 
 def _over_modifiers(r: Request, build: Callable[[m.Tiling, str], tuple[_Parts, str | None]],
                     fixed: dict | None = None) -> Estimate:
-    """Try the modifiers (untiled/tiled VAE, text encoder resident/streamed); keep the best.
+    """Try the modifiers (untiled/tiled VAE, text encoder resident/streamed/paged); keep the best.
     ``fixed`` pins the text encoder's place (a loaded plan re-estimated for another request)."""
     out = []
     te_modes = [fixed["text_encoder"]] if fixed and "text_encoder" in fixed else _text_encoder_modes(r)

@@ -147,16 +147,18 @@ def _place_text_encoder(pipe, device: str, mode: str) -> None:
     if mode == "device":
         te.to(device)
         return
-    # "streamed": weights stay in host RAM; each leaf layer visits the GPU while a prompt is encoded
-    # (diffusers group offloading, leaf level, with a CUDA stream to prefetch the next layer).
+    # weights stay in host RAM; each leaf layer visits the GPU while a prompt is encoded (diffusers group
+    # offloading, leaf level). "streamed": from pinned memory, with a CUDA stream to prefetch the next layer;
+    # "paged": from pageable memory, copied in and out synchronously, for hosts without RAM for the pinned copy
+    # (torch rounds each pinned tensor up to a power of two: plan_model.PINNED_ROUNDING).
     from diffusers.hooks import apply_group_offloading
 
     te.to("cpu")
-    cuda = _is_cuda(device)
-    if cuda and pinned.enabled():  # one exact-size pinned buffer, not diffusers' per-tensor pin_memory
+    stream = _is_cuda(device) and mode == "streamed"
+    if stream and pinned.enabled():  # one exact-size pinned buffer, not diffusers' per-tensor pin_memory
         pinned.pin_module(te)
     apply_group_offloading(te, onload_device=device, offload_device="cpu", offload_type="leaf_level",
-                           use_stream=cuda, record_stream=cuda)
+                           use_stream=stream, record_stream=stream)
 
 
 def _vae_modifiers(pipe, options: dict) -> None:

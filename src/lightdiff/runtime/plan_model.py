@@ -334,6 +334,12 @@ def transfer_s(r: Request, gib_: float, pinned: bool = True) -> float:
     return gib_ * GIB / rate
 
 
+def te_paged_encode_s(r: Request, te_gib: float) -> float:
+    """Seconds a paged text encoder adds to encoding a new prompt: every weight copied in from pageable host RAM
+    and back out (diffusers' group offloading without a stream). Not in seconds_per_image: prompts are cached."""
+    return 2 * transfer_s(r, te_gib, pinned=False)
+
+
 def seconds_per_image(r: Request, per_call_s: float, tiling: Tiling, per_image_extra_s: float = 0.0) -> float:
     calls = r.steps * r.profile.calls_per_step
     return (calls * per_call_s + vae_s(r, tiling) + per_image_extra_s * r.batch) / r.batch
