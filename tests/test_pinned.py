@@ -11,7 +11,8 @@ from lightdiff.runtime import pinned
 class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.LayerNorm(13), torch.nn.Linear(13, 5, bias=False))
+        self.body = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.LayerNorm(13),
+                                        torch.nn.Linear(13, 5, bias=False))
         self.register_buffer("scale", torch.tensor([0.5, 2.0]))
         self.tied = torch.nn.Linear(13, 5, bias=False)
         self.tied.weight = self.body[2].weight  # a tied weight is stored once

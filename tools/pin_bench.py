@@ -87,7 +87,8 @@ def one(way: str, threads: int) -> dict:
             torch.cuda.synchronize()
             row[f"stream_pass_{run}_s"] = round(time.perf_counter() - t, 2)
     row["stream_gb_per_s"] = round(nbytes / 1e9 / row["stream_pass_1_s"], 1)
-    row["vm_rss_gb"] = round(int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 2**20, 2)
+    rss_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+    row["vm_rss_gb"] = round(rss_kb / 2**20, 2)
     return row
 
 

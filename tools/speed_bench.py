@@ -187,7 +187,8 @@ def sd15_ab(args, out, stamp, pipe, fast_a, kw, flops, ref):
         secs_b += timed(fast_b, 1)[1]
     row(out, "sd15", "A/B: graph-loop + compiled VAE", secs_a, 1, flops, stamp, ab="A", ab_levers=label_b.strip(" +"))
     row(out, "sd15", f"A/B: graph-loop{label_b} + compiled VAE", secs_b, 1, flops, stamp, ab="B",
-        first_s_compile=round(compile_b, 1), max_abs_pixel_diff_vs_eager=float(abs(pixels(first_b) - pixels(ref)).max()))
+        first_s_compile=round(compile_b, 1),
+        max_abs_pixel_diff_vs_eager=float(abs(pixels(first_b) - pixels(ref)).max()))
 
 
 # Inductor options diffusers documents for diffusion models ("Accelerate inference of text-to-image diffusion

@@ -80,12 +80,13 @@ def child(args) -> None:
 
         fastpath.prepare_sd15_modules = lambda pipe, **_: None
     engine = Engine(device=device, vram_budget_gb=args.budget, fast=args.fast, cuda_graph_blocks=args.cuda_graph_blocks,
-                    precompiled=args.precompiled)
+                    precompiled=args.precompiled, ram_budget_gb=args.ram_budget)
     engine.pool.load_fn = load_once
     first_size = True
     for size in args.sizes if args.in_order else sorted(args.sizes, reverse=True):
         row = {"model": args.model, "run_as": model, "weights": weights, "device": device,
-               "gpu": torch.cuda.get_device_name(0) if cuda else None, "budget_gb": args.budget, "size": size,
+               "gpu": torch.cuda.get_device_name(0) if cuda else None, "budget_gb": args.budget,
+               "ram_budget_gb": args.ram_budget, "size": size,
                "steps": args.steps, "build_s": round(build_s, 2), "fast": args.fast,
                "precompiled": args.precompiled, **({"sd15_prepare": False} if args.no_sd15_prepare else {})}
         request = {"model": model, "weights": weights, "prompt": PROMPT, "width": size, "height": size,
@@ -196,6 +197,8 @@ def parent(args) -> int:
                 cmd.append("--no-precompiled")
             if args.profile_warmup:
                 cmd += ["--profile-warmup", args.profile_warmup]
+            if args.ram_budget:
+                cmd += ["--ram-budget", str(args.ram_budget)]
             cmd += [flag for flag, on in (("--in-order", args.in_order), ("--fail-on-reload", args.fail_on_reload),
                                           ("--no-sd15-prepare", args.no_sd15_prepare)) if on]
             t0 = time.perf_counter()
@@ -258,6 +261,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=list(BUDGETS))
     p.add_argument("--budgets", nargs="+", type=float, help="override the per-model budgets (GB)")
     p.add_argument("--sizes", nargs="+", type=int, default=[512, 768, 1024])
+    p.add_argument("--ram-budget", type=float, metavar="GB",
+                   help="plan as if the host had this much RAM (a streamed text encoder that does not fit is paged)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--fast", choices=["auto", "off"], default="auto",

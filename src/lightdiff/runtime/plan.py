@@ -92,7 +92,8 @@ def _finish(r: Request, parts: _Parts, tiling: m.Tiling, te_mode: str, needs: st
     elif te_mode in ("streamed", "paged"):
         transients.append(m.te_stream_gib(r))
     peak = gpu + max(transients)
-    host = m.HOST_BASE_GIB + parts.host + {"streamed": m.pinned_gib(te, r.spec, "text_encoder"), "paged": te}.get(te_mode, 0.0)
+    te_host = {"streamed": m.pinned_gib(te, r.spec, "text_encoder"), "paged": te}.get(te_mode, 0.0)
+    host = m.HOST_BASE_GIB + parts.host + te_host
     sec = m.seconds_per_image(r, parts.per_call_s, tiling, parts.per_image_extra_s)
     options = {**parts.options, **_vae_options(tiling), "text_encoder": te_mode}
     if needs:
