@@ -297,3 +297,23 @@ def test_a_paged_text_encoder_is_the_way_out_when_the_pinned_copy_does_not_fit_h
     assert tight.estimate.host_ram_gb + plan_model.HOST_MARGIN_GIB <= 32.0
     assert tight.estimate.sec_per_image == pytest.approx(roomy.estimate.sec_per_image)  # prompts are cached
     assert "text encoder paged from host RAM (a new prompt: about" in tight.estimate.reason
+
+
+def test_the_engine_plans_for_the_host_ram_it_has(monkeypatch):
+    # without --ram-budget the engine counts what the host has (available, plus what the process holds), so a plan
+    # whose pinned weights would run the host out of memory is refused (or paged) instead of started
+    import types
+
+    import psutil
+
+    from lightdiff.workflows.engine import Engine
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=int(2.5 * 2**30)))
+    monkeypatch.setattr(psutil.Process, "memory_info", lambda self: types.SimpleNamespace(rss=2**29))
+    request = {"model": "tiny-sd15", "prompt": "a red cube", "steps": 2}
+    engine = Engine(device="cpu")
+    assert engine.ram_gb() == pytest.approx(3.0)
+    with pytest.raises(DoesNotFit, match="host RAM"):
+        engine.plan_for(request)
+    plan, _ = Engine(device="cpu", ram_budget_gb=64.0).plan_for(request)  # a budget given wins
+    assert plan.estimate.fits

@@ -137,6 +137,7 @@ class Engine:
         cap_vram(vram_budget_gb, self.device)  # a budget smaller than the card: the allocator enforces it
         self.pool = PipelinePool(self.device, max_loaded=max_loaded, allow_unsafe_pickle=allow_unsafe_pickle)
         self._free_vram_gb: float | None = None
+        self._ram_gb: float | None = None
 
     # --- budget and card ---------------------------------------------------------------------
 
@@ -151,6 +152,19 @@ class Engine:
             free, _ = torch.cuda.mem_get_info(idx)
             self._free_vram_gb = (free + torch.cuda.memory_reserved(idx)) / GiB
         return self._free_vram_gb
+
+    def ram_gb(self) -> float:
+        """The host RAM plans are chosen for: the budget given, else what was available at first use plus what this
+        process held then (as budget_gb counts the VRAM torch had reserved). Streamed weights are pinned, and torch
+        rounds pinned blocks up to a power of two (plan_model.PINNED_ROUNDING): a plan that needs more than the host
+        has is refused or paged, not left to run the host out of memory."""
+        if self.ram_budget_gb is not None:
+            return self.ram_budget_gb
+        if self._ram_gb is None:
+            import psutil
+
+            self._ram_gb = (psutil.virtual_memory().available + psutil.Process().memory_info().rss) / GiB
+        return self._ram_gb
 
     def card(self):
         if not self.device.startswith("cuda"):
@@ -186,7 +200,7 @@ class Engine:
 
     def _plan(self, req, r, extra_params_M: float = 0.0):
         spec = r.spec
-        kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_budget_gb, card=self.card(), steps=r.steps,
+        kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_gb(), card=self.card(), steps=r.steps,
                   extra_params_M=extra_params_M)
         loaded = self.pool.peek(req.model, req.weights)
         state = getattr(loaded, "plan_state", None)
