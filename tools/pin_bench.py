@@ -1,10 +1,11 @@
 """Pinning a streamed text encoder's weights: diffusers' per-tensor ``pin_memory()`` (torch's caching host
-allocator) against ``runtime.pinned.pin_module`` (one exact-size buffer, registered in place), each in its own
+allocator) against ``runtime.pinned.pin_module`` (one exact-size buffer, registered in place) and against no
+pinning at all (the planner's "paged" text encoder: a pass copies every layer in and out), each in its own
 process, on a module with the shapes of Qwen-Image's text encoder (Qwen2.5-VL 7B: 28 decoder layers, the
 embedding and LM head, a 32-block vision tower; bf16, about 16.6 GB). Then diffusers' group offloading is applied
 as lightdiff's planner does for a streamed text encoder, and one forward over every layer is timed.
 
-    python tools/pin_bench.py -o rows.jsonl            # both ways, a process each
+    python tools/pin_bench.py -o rows.jsonl            # the three ways, a process each
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def one(way: str, threads: int) -> dict:
         row["register_s"] = round(time.perf_counter() - t, 2)
         row["registered_chunks"] = len(ptrs)
         row["first_param_is_pinned"] = bool(next(te.parameters()).is_pinned())
-    # as plan_apply._place_text_encoder streams it ("streamed"): pins whatever is not pinned yet
+    # as plan_apply._place_text_encoder places it: "streamed" pins whatever is not pinned yet; "paged" pins nothing
+    # and copies each layer in and back out synchronously
+    stream = way != "paged"
     apply_group_offloading(te, onload_device="cuda", offload_device="cpu", offload_type="leaf_level",
-                           use_stream=True, record_stream=True)
+                           use_stream=stream, record_stream=stream)
     row["ready_s"] = round(time.perf_counter() - t0, 2)
     row["host_pinned_allocator_bytes"] = host_pinned_bytes()
     if way == "pin_module":  # group offloading kept our buffer: its host copies are views into it
@@ -86,16 +89,21 @@ def one(way: str, threads: int) -> dict:
                     dtype=torch.bfloat16, device="cuda"))
             torch.cuda.synchronize()
             row[f"stream_pass_{run}_s"] = round(time.perf_counter() - t, 2)
-    row["stream_gb_per_s"] = round(nbytes / 1e9 / row["stream_pass_1_s"], 1)
+    row["stream_gb_per_s"] = round(nbytes / 1e9 / row["stream_pass_1_s"], 1)  # weight bytes per second of a pass
+    if way == "paged":  # its pass also copies every layer back out (plan_model.te_paged_encode_s counts both ways)
+        row["note"] = "a pass copies each layer in and back out, from and to pageable memory"
     rss_kb = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
     row["vm_rss_gb"] = round(rss_kb / 2**20, 2)
     return row
 
 
+WAYS = ("pin_memory", "pin_module", "paged")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--way", choices=["pin_memory", "pin_module"])
+    p.add_argument("--way", choices=WAYS)
     p.add_argument("--threads", type=int, default=8)
     args = p.parse_args()
     if args.way:
@@ -114,7 +122,7 @@ def main() -> int:
             f.write(json.dumps(r) + "\n")
         print(json.dumps({k: v for k, v in r.items() if k != "env"}), flush=True)
         return 0
-    for way in ("pin_memory", "pin_module"):  # a fresh process each: the host allocator's cache starts empty
+    for way in WAYS:  # a fresh process each: the host allocator's cache starts empty
         subprocess.run([sys.executable, __file__, "-o", args.out, "--way", way, "--threads", str(args.threads)],
                        check=False)
     return 0
