@@ -5,8 +5,8 @@ modifiers the estimate chooses: VAE tiling/slicing, and where the text encoder l
 resident; "streamed": leaf-level group offloading onto the GPU only while a prompt is encoded, from pinned
 host RAM, its embeddings cached per prompt; "paged": the same from pageable host RAM, copied in and out
 synchronously, where the pinned copy (torch rounds it up) does not fit the host; "managed": accelerate's
-offload hooks move it). Estimating needs no
-torch (``lightdiff fit`` runs without it); applying imports torch lazily (runtime/plan_apply.py).
+offload hooks move it). Estimating needs no torch (``lightdiff fit`` runs without it); applying imports
+torch lazily (runtime/plan_apply.py).
 The cost model and where each of its numbers comes from: runtime/plan_model.py.
 
 Strategies, fastest first when they fit:
