@@ -144,6 +144,13 @@ def pin_module(module, owner=None, threads: int = 8) -> dict:
     if not buf.raw.is_pinned():  # a torch that asks something other than the driver: let diffusers pin
         unregister(ptrs)
         return {"skipped": "torch does not see the registered buffer as pinned"}
+    try:  # one asynchronous copy out of each registered run, as group offloading will make
+        for off, n in buf.chunks:
+            buf.raw[off:off + min(n, PAGE)].to("cuda", non_blocking=True)
+        torch.cuda.synchronize()
+    except RuntimeError as e:
+        unregister(ptrs)
+        return {"skipped": f"a copy from the registered buffer failed: {e}"[:300]}
     # released with the module; the finalizer holds the buffer, so its pages are unregistered before they are freed
     owner = module if owner is None else owner
     weakref.finalize(owner, _release, ptrs, buf).atexit = False
