@@ -317,3 +317,12 @@ def test_the_engine_plans_for_the_host_ram_it_has(monkeypatch):
         engine.plan_for(request)
     plan, _ = Engine(device="cpu", ram_budget_gb=64.0).plan_for(request)  # a budget given wins
     assert plan.estimate.fits
+
+
+def test_a_host_ram_shortfall_from_rounded_pinning_names_the_in_place_pinning(monkeypatch):
+    # 12 GB card, 32 GB host: fp8-group-offload's streamed blocks pinned as torch rounds them need ~36 GB
+    with pytest.raises(DoesNotFit) as err:
+        plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 12.0, ram_gb=32.0, steps=20)
+    assert "host RAM" in str(err.value) and "LIGHTDIFF_PIN_IN_PLACE=1" in err.value.hint
+    monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "1")  # then the same plan fits
+    assert plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 12.0, ram_gb=32.0, steps=20).estimate.fits

@@ -537,6 +537,16 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
     return min(candidates.values(), key=lambda p: (not p.estimate.fits, p.estimate.sec_per_image))
 
 
+def _pins_rounded(plan: Plan) -> bool:
+    """Does the plan stream weights that diffusers pins (torch rounding each up to a power of two)?"""
+    from lightdiff import settings
+
+    layout = plan.options.get("layout")
+    streams = plan.options.get("text_encoder") == "streamed" or layout == "all streamed" or (
+        isinstance(layout, dict) and layout.get("streamed", 0) > 0)
+    return streams and settings.get("pin_in_place") != "1"
+
+
 def does_not_fit(plans: list[Plan], asked: Plan | None = None) -> DoesNotFit:
     """The error for a request no plan fits (or, with ``asked``, that the asked plan does not fit)."""
     p0 = asked or min(plans, key=_shortfall)
@@ -561,6 +571,9 @@ def does_not_fit(plans: list[Plan], asked: Plan | None = None) -> DoesNotFit:
             fixes.append(f"a smaller size than {p0.width}x{p0.height}" + (" or batch" if p0.batch > 1 else ""))
         if p0.ram_gb is not None and need_ram > p0.ram_gb:
             fixes.append(f"a machine with at least {math.ceil(need_ram)} GB of host RAM")
+            if _pins_rounded(p0):
+                fixes.append("set LIGHTDIFF_PIN_IN_PLACE=1 (experimental: streamed weights pinned at their own size, "
+                             "not rounded up to powers of two)")
         if p0.model.startswith("qwen"):
             fixes.append("a smaller model (sd15 needs under 4 GB of VRAM and RAM)")
         hint = f"With plan {p0.name}: use " + ", or ".join(fixes) + "."
