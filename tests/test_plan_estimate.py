@@ -317,6 +317,15 @@ def test_the_engine_plans_for_the_host_ram_it_has(monkeypatch):
         engine.plan_for(request)
     plan, _ = Engine(device="cpu", ram_budget_gb=64.0).plan_for(request)  # a budget given wins
     assert plan.estimate.fits
+    assert Engine(device="cpu", ram_share=2).ram_gb() == pytest.approx(1.75)  # a server's two workers: half each
+
+
+def test_a_servers_workers_share_the_host_ram(tmp_path):
+    from lightdiff.server.config import ServerConfig
+    from lightdiff.server.worker import make_engine
+
+    config = ServerConfig(data_dir=tmp_path, devices=("cpu", "cpu"))
+    assert make_engine(config, "cpu").ram_share == 2
 
 
 def test_a_host_ram_shortfall_from_rounded_pinning_names_the_in_place_pinning(monkeypatch):

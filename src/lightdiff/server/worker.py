@@ -48,7 +48,7 @@ def make_engine(config: ServerConfig, device: str):
     from lightdiff.workflows.engine import Engine
 
     return Engine(device=device, vram_budget_gb=config.vram_budget_gb, fast=config.fast,
-                  allow_unsafe_pickle=config.allow_unsafe_pickle or None)
+                  allow_unsafe_pickle=config.allow_unsafe_pickle or None, ram_share=len(config.devices) or 1)
 
 
 class Worker:

@@ -101,8 +101,10 @@ def _streams_denoiser_each_step(loaded) -> bool:
 class Engine:
     def __init__(self, device: str | None = None, vram_budget_gb: float | None = None, max_loaded: int = 1,
                  allow_unsafe_pickle: bool | None = None, plan: str = "auto", ram_budget_gb: float | None = None,
-                 max_retries: int = 8, fast: str = "auto", cuda_graph_blocks: bool = True, precompiled: bool = True):
+                 max_retries: int = 8, fast: str = "auto", cuda_graph_blocks: bool = True, precompiled: bool = True,
+                 ram_share: int = 1):
         self.device = pick_device(device)
+        self.ram_share = max(1, ram_share)  # engines sharing the host (a server's workers): each plans for its part
         if plan != "auto":  # an unknown name, or one this device cannot run, fails before anything loads
             strategy = plans.Strategy.named(plan)
             if not plans.usable(strategy, self.device):
@@ -154,8 +156,8 @@ class Engine:
         return self._free_vram_gb
 
     def ram_gb(self) -> float:
-        """The host RAM plans are chosen for: the budget given, else what was available at first use plus what this
-        process held then (as budget_gb counts the VRAM torch had reserved). Streamed weights are pinned, and torch
+        """The host RAM plans are chosen for: the budget given, else this engine's share (``ram_share``) of what was
+        available at first use plus what this process held then (as budget_gb counts the VRAM torch had reserved). Streamed weights are pinned, and torch
         rounds pinned blocks up to a power of two (plan_model.PINNED_ROUNDING): a plan that needs more than the host
         has is refused or paged, not left to run the host out of memory."""
         if self.ram_budget_gb is not None:
@@ -163,7 +165,8 @@ class Engine:
         if self._ram_gb is None:
             import psutil
 
-            self._ram_gb = (psutil.virtual_memory().available + psutil.Process().memory_info().rss) / GiB
+            available = psutil.virtual_memory().available / self.ram_share
+            self._ram_gb = (available + psutil.Process().memory_info().rss) / GiB
         return self._ram_gb
 
     def card(self):
