@@ -156,9 +156,7 @@ class PlanChoice:
     @property
     def on_host_first(self) -> bool:
         """Load into host RAM first (all plans but resident, or a streamed text encoder)."""
-        if self.plan is None:
-            return False
-        return bool(self.plan.strategy.value.load_on_cpu or self.plan.options.get("text_encoder") in ("streamed", "paged"))
+        return self.plan is not None and self.plan.loads_on_host
 
     def predicted(self, item) -> dict | None:
         """The prediction for ``item`` under the placement this process applied (sized for the group's most

@@ -438,6 +438,11 @@ class Plan:
     def options(self) -> dict:
         return self.estimate.options
 
+    @property
+    def loads_on_host(self) -> bool:
+        """Are the weights loaded into host RAM first (every plan but resident, or a text encoder kept there)?"""
+        return bool(self.strategy.value.load_on_cpu or self.options.get("text_encoder") in ("streamed", "paged"))
+
     def info(self) -> dict:
         """What goes into LoadedModel.plan_info and so into every image's metadata."""
         return {"strategy": self.name, "predicted": self.estimate.to_dict(),
@@ -539,12 +544,12 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
 
 def _pins_rounded(plan: Plan) -> bool:
     """Does the plan stream weights that diffusers pins (torch rounding each up to a power of two)?"""
-    from lightdiff import settings
+    from lightdiff.runtime import pinned
 
     layout = plan.options.get("layout")
     streams = plan.options.get("text_encoder") == "streamed" or layout == "all streamed" or (
         isinstance(layout, dict) and layout.get("streamed", 0) > 0)
-    return streams and settings.get("pin_in_place") != "1"
+    return streams and not pinned.enabled()
 
 
 def does_not_fit(plans: list[Plan], asked: Plan | None = None) -> DoesNotFit:

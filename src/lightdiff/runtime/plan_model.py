@@ -59,9 +59,9 @@ PINNED_ROUNDING_MAX = 2.0
 
 def pinned_gib(weights_gib: float, spec, component: str) -> float:
     """Host RAM that ``weights_gib`` of ``component``'s streamed weights take once pinned."""
-    from lightdiff import settings
+    from lightdiff.runtime import pinned
 
-    if settings.get("pin_in_place") == "1":
+    if pinned.enabled():
         return weights_gib
     comp = spec.components[component]
     return weights_gib * PINNED_ROUNDING.get((comp.cls, round(comp.params_M or 0.0, 2)), PINNED_ROUNDING_MAX)

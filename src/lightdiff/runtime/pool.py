@@ -54,8 +54,7 @@ class PipelinePool:
         t0 = time.perf_counter()
         spec = specs.get(model_id)
         source = loader.resolve_source(spec, weights)
-        on_host = plan.strategy.value.load_on_cpu or plan.options.get("text_encoder") in ("streamed", "paged")
-        load_device = "cpu" if on_host else self.device
+        load_device = "cpu" if plan.loads_on_host else self.device
         dtype = None  # the loader's choice for the device it loads onto
         if load_device != self.device and source.kind != "twin":
             dtype = default_dtype(spec.rules.compute_dtype, self.device)  # build in the target dtype

@@ -157,9 +157,9 @@ class Engine:
 
     def ram_gb(self) -> float:
         """The host RAM plans are chosen for: the budget given, else this engine's share (``ram_share``) of what was
-        available at first use plus what this process held then (as budget_gb counts the VRAM torch had reserved). Streamed weights are pinned, and torch
-        rounds pinned blocks up to a power of two (plan_model.PINNED_ROUNDING): a plan that needs more than the host
-        has is refused or paged, not left to run the host out of memory."""
+        available at first use plus what this process held then (as budget_gb counts the VRAM torch had reserved).
+        Streamed weights are pinned, and torch rounds pinned blocks up to a power of two (plan_model.PINNED_ROUNDING):
+        a plan that needs more than the host has is refused or paged, not left to run the host out of memory."""
         if self.ram_budget_gb is not None:
             return self.ram_budget_gb
         if self._ram_gb is None:
