@@ -76,6 +76,23 @@ def test_text_encoder_runs_once_per_prompt_and_can_be_streamed(baseline, mode):
     assert loaded.plan_state.encoder_runs == 3
 
 
+def test_in_place_pinning_reports_what_it_did_in_every_images_metadata(monkeypatch):
+    import torch
+
+    # LIGHTDIFF_PIN_IN_PLACE=1: each streamed part's pinning outcome is recorded; without CUDA nothing is pinned
+    # and the images stay those of the resident plan
+    monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "1")
+    loaded = _placed("tiny-qwen-image", Strategy.GROUP_OFFLOAD, text_encoder="streamed")
+    expected = {"text_encoder": {"skipped": "no CUDA"}, "denoiser_blocks": {"skipped": "no CUDA"}}
+    if torch.cuda.is_available():  # the CPU placement on a GPU machine pins for real
+        expected = {part: {"pinned_bytes": loaded.pinned[part].get("pinned_bytes", -1)} for part in expected}
+    assert loaded.plan_info["pinned"] == expected
+    r = txt2img.run(loaded, {"model": loaded.spec.id, **REQUEST})
+    assert r.metadata[0]["plan_info"]["pinned"] == expected
+    monkeypatch.delenv("LIGHTDIFF_PIN_IN_PLACE")
+    assert "pinned" not in _placed("tiny-qwen-image", Strategy.GROUP_OFFLOAD, text_encoder="streamed").plan_info
+
+
 def test_derived_pipelines_keep_fp8_storage_and_the_prompt_cache():
     import torch
 

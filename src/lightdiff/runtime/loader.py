@@ -106,6 +106,8 @@ class LoadedModel:
     load_s: float
     plan: str = "resident"
     plan_info: dict = field(default_factory=dict)
+    # what runtime/pinned.py did to each streamed part ({"text_encoder": {"pinned_bytes": n} or {"skipped": why}})
+    pinned: dict = field(default_factory=dict)
     # the memory planner's run-time state (runtime/plan_apply.PlanState): prompt cache, VAE guard
     plan_state: Any = None
     _derived: dict = field(default_factory=dict)

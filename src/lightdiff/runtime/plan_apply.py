@@ -136,12 +136,19 @@ def _place_others(loaded, device: str, plan) -> None:
     """VAE on the device, the text encoder where the plan says, VAE tiling/slicing as chosen."""
     pipe = loaded.pipe
     pipe.vae.to(device)
-    _place_text_encoder(pipe, device, plan.options.get("text_encoder", "device"))
+    _place_text_encoder(loaded, device, plan.options.get("text_encoder", "device"))
     _vae_modifiers(pipe, plan.options)
 
 
-def _place_text_encoder(pipe, device: str, mode: str) -> None:
-    te = getattr(pipe, "text_encoder", None)
+def _pin(loaded, part: str, module, owner=None) -> None:
+    """Pin ``module``'s host weights in place (runtime/pinned.py) and record what happened in plan_info, so a
+    fallback to diffusers' own pinning (or no CUDA: nothing pinned) shows in every image's metadata and the
+    benchmark rows."""
+    loaded.pinned[part] = pinned.pin_module(module, owner=owner)
+
+
+def _place_text_encoder(loaded, device: str, mode: str) -> None:
+    te = getattr(loaded.pipe, "text_encoder", None)
     if te is None or mode in ("none", "managed"):
         return
     if mode == "device":
@@ -155,8 +162,8 @@ def _place_text_encoder(pipe, device: str, mode: str) -> None:
 
     te.to("cpu")
     stream = _is_cuda(device) and mode == "streamed"
-    if stream and pinned.enabled():  # one exact-size pinned buffer, not diffusers' per-tensor pin_memory
-        pinned.pin_module(te)
+    if mode == "streamed" and pinned.enabled():  # one exact-size pinned buffer, not diffusers' per-tensor pinning
+        _pin(loaded, "text_encoder", te)
     apply_group_offloading(te, onload_device=device, offload_device="cpu", offload_type="leaf_level",
                            use_stream=stream, record_stream=stream)
 
@@ -214,6 +221,8 @@ def _finish(loaded, device: str, plan) -> None:
     loaded.plan_state = state
     loaded.plan = plan.name
     loaded.plan_info = plan.info()
+    if loaded.pinned:
+        loaded.plan_info["pinned"] = dict(loaded.pinned)
     loaded.device = device
 
 
@@ -313,8 +322,8 @@ def _group_offload(loaded, device: str, plan) -> None:
         if plan.options.get("storage") == "fp8":
             den.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=loaded.dtype)
         den.to("cpu")
-        if cuda and pinned.enabled():
-            pinned.pin_module(den)
+        if pinned.enabled():
+            _pin(loaded, "denoiser", den)
         den.enable_group_offload(**offload_kwargs)
     else:
         blocks = getattr(den, attr)
@@ -338,8 +347,8 @@ def _group_offload(loaded, device: str, plan) -> None:
             if i not in set(streamed):
                 block.to(device)
         if streamed:
-            if cuda and pinned.enabled():  # the streamed blocks in one pinned buffer, released with the denoiser
-                pinned.pin_module(torch.nn.ModuleList([blocks[i] for i in streamed]), owner=den)
+            if pinned.enabled():  # the streamed blocks in one pinned buffer, released with the denoiser
+                _pin(loaded, "denoiser_blocks", torch.nn.ModuleList([blocks[i] for i in streamed]), owner=den)
             with _only_children(den, attr, [blocks[i] for i in streamed]):
                 apply_group_offloading(den, **offload_kwargs)
     _place_others(loaded, device, plan)

@@ -31,8 +31,9 @@ from lightdiff.runtime.pool import PipelinePool, free_memory
 from lightdiff.workflows.base import GenerationResult, parse, resolve
 
 # what loading (fp8 conversion) and the speed path record in a loaded model's plan_info: true of the loaded
-# model for every request, so kept when the plan is re-estimated for one
+# model for every request, so kept when the plan is re-estimated for one (with how its weights were pinned)
 FAST_PATH_INFO = ("compiled", "cfg", "fp8")
+LOAD_INFO = FAST_PATH_INFO + ("pinned",)
 
 
 def memory_request(wf, req):
@@ -254,7 +255,7 @@ class Engine:
                 loaded = self.pool.get(req.model, req.weights, progress=progress, plan=plan)
                 state = loaded.plan_state
                 if state.plan is not plan:  # the loaded placement, re-estimated for this request
-                    kept = {k: v for k, v in loaded.plan_info.items() if k in FAST_PATH_INFO}
+                    kept = {k: v for k, v in loaded.plan_info.items() if k in LOAD_INFO}
                     state.plan, loaded.plan_info = plan, {**plan.info(), **kept}
                 state.stage, state.events = "denoise", []
                 if (tiled, tile_px) != (bool(getattr(loaded.pipe.vae, "use_tiling", False)),
