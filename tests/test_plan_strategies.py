@@ -79,9 +79,8 @@ def test_text_encoder_runs_once_per_prompt_and_can_be_streamed(baseline, mode):
 def test_in_place_pinning_reports_what_it_did_in_every_images_metadata(monkeypatch):
     import torch
 
-    # LIGHTDIFF_PIN_IN_PLACE=1: each streamed part's pinning outcome is recorded; without CUDA nothing is pinned
-    # and the images stay those of the resident plan
-    monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "1")
+    # in-place pinning (the default): each streamed part's outcome is recorded; without CUDA nothing is pinned and
+    # the images stay those of the resident plan
     loaded = _placed("tiny-qwen-image", Strategy.GROUP_OFFLOAD, text_encoder="streamed")
     expected = {"text_encoder": {"skipped": "no CUDA"}, "denoiser_blocks": {"skipped": "no CUDA"}}
     if torch.cuda.is_available():  # the CPU placement on a GPU machine pins for real
@@ -89,7 +88,7 @@ def test_in_place_pinning_reports_what_it_did_in_every_images_metadata(monkeypat
     assert loaded.plan_info["pinned"] == expected
     r = txt2img.run(loaded, {"model": loaded.spec.id, **REQUEST})
     assert r.metadata[0]["plan_info"]["pinned"] == expected
-    monkeypatch.delenv("LIGHTDIFF_PIN_IN_PLACE")
+    monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "0")
     assert "pinned" not in _placed("tiny-qwen-image", Strategy.GROUP_OFFLOAD, text_encoder="streamed").plan_info
 
 

@@ -543,7 +543,8 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
 
 
 def _pins_rounded(plan: Plan) -> bool:
-    """Does the plan stream weights that diffusers pins (torch rounding each up to a power of two)?"""
+    """Does the plan stream weights that diffusers pins (torch rounding each up to a power of two), in-place
+    pinning being turned off?"""
     from lightdiff.runtime import pinned
 
     layout = plan.options.get("layout")
@@ -577,7 +578,7 @@ def does_not_fit(plans: list[Plan], asked: Plan | None = None) -> DoesNotFit:
         if p0.ram_gb is not None and need_ram > p0.ram_gb:
             fixes.append(f"a machine with at least {math.ceil(need_ram)} GB of host RAM")
             if _pins_rounded(p0):
-                fixes.append("set LIGHTDIFF_PIN_IN_PLACE=1 (experimental: streamed weights pinned at their own size, "
+                fixes.append("LIGHTDIFF_PIN_IN_PLACE=1, the default (streamed weights pinned at their own size, "
                              "not rounded up to powers of two)")
         if p0.model.startswith("qwen"):
             fixes.append("a smaller model (sd15 needs under 4 GB of VRAM and RAM)")

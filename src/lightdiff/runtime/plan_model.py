@@ -47,7 +47,7 @@ HOST_MARGIN_GIB = 1.0
 # (tools/pin_bench.py, H100 host, 2026-11-27). (component class, params_M) -> pinned bytes / weight bytes of what
 # is streamed from it (a transformer's blocks, else the whole component), computed from the architectures' tensor
 # shapes (a test recomputes them on the meta device); at most 2x where the architecture is not in the table.
-# Pinned in place (LIGHTDIFF_PIN_IN_PLACE=1, runtime/pinned.py) the weights take their own size.
+# Pinned in place (runtime/pinned.py, the default; LIGHTDIFF_PIN_IN_PLACE=0 turns it off) they take their own size.
 PINNED_ROUNDING = {
     ("Qwen2_5_VLForConditionalGeneration", 8292.17): 1.8921,
     ("QwenImageTransformer2DModel", 20430.4): 1.5802,
@@ -80,6 +80,12 @@ PCIE_EFFICIENCY = 1.0
 GROUP_SYNC_S = 1e-4  # per streamed group per forward: hook + stream sync. ASSUMED (small; not separable)
 # accelerate's model/sequential offload copies from pageable memory and does not overlap: ASSUMED half rate.
 PAGEABLE_EFFICIENCY = 0.5
+# A paged text encoder (leaf-level group offloading without a stream) moves its weights, in and back out, at this
+# many GB of weights per second. MEASURED on an H100 host (2026-11-28, docs/benchmarks/2026-11-28-h100): 16.49 GB in
+# 11.86 s (tools/pin_bench.py, every layer) and 12.68 s per new prompt through the engine (qwen-image-2512), where
+# the same weights streamed from pinned memory at 39 GB/s. The host bounds it, not the bus: each copy back out
+# allocates fresh pageable memory. Assumed the same on other hosts.
+PAGED_TE_GBPS = 1.3
 # torchao int8 weight-only at diffusion sizes (thousands of tokens per matmul) is assumed to
 # dequantize each weight per call: read 1 byte, write and read 2 -- like the fp8 casts but one way.
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
@@ -337,7 +343,7 @@ def transfer_s(r: Request, gib_: float, pinned: bool = True) -> float:
 def te_paged_encode_s(r: Request, te_gib: float) -> float:
     """Seconds a paged text encoder adds to encoding a new prompt: every weight copied in from pageable host RAM
     and back out (diffusers' group offloading without a stream). Not in seconds_per_image: prompts are cached."""
-    return 2 * transfer_s(r, te_gib, pinned=False)
+    return te_gib * GIB / (PAGED_TE_GBPS * 1e9)
 
 
 def seconds_per_image(r: Request, per_call_s: float, tiling: Tiling, per_image_extra_s: float = 0.0) -> float:
