@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 
 from lightdiff import specs
-from lightdiff.runtime import loader
+from lightdiff.runtime import host_memory, loader
 from lightdiff.runtime.loader import LoadedModel
 
 
@@ -66,6 +66,7 @@ class PipelinePool:
             del loaded
             free_memory(self.device)
             raise
+        host_memory.release_freed()  # host copies freed while placing stay resident otherwise (host_memory.py)
         loaded.load_s = time.perf_counter() - t0
         return loaded
 
@@ -87,6 +88,7 @@ class PipelinePool:
 def free_memory(device: str) -> None:
     """Drop unreferenced tensors and hand cached CUDA blocks back (after an eviction or an OOM)."""
     gc.collect()
+    host_memory.release_freed()
     if str(device).startswith("cuda"):
         import torch
 
