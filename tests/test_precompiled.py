@@ -123,3 +123,28 @@ def test_a_corrupt_artifact_is_compiled_anew_and_replaced(tmp_path):
     fn, how = precompiled.load_or_compile(double_sin, (x,), key, tmp_path)
     assert how == "loaded" and torch.allclose(fn(x), double_sin(x))
     assert precompiled.artifact_key("double-sin", (torch.randn(4),), {}) != key  # another shape, another file
+
+
+def rows_plus_text(x, text):
+    return (x * 2).sum(1, keepdim=True) + text.sum()
+
+
+def test_each_size_keeps_its_own_artifact_traced_static_but_for_the_sizes_marked_dynamic(tmp_path):
+    """Qwen-Image's blocks at 1024, 768, then 512 in one process: each image size has its own artifact (its key), and
+    only the text length varies within one. Dynamo would otherwise make the image size of the second and later
+    traces dynamic, whose guards then rejected the third size's own inputs on an H100 (2026-11-28)."""
+    import torch
+
+    from lightdiff.runtime import precompiled
+
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        pytest.skip(f"torch {torch.__version__} has no AOT compile")
+    text = torch.randn(5, 8)
+    for tokens in (64, 48, 32):
+        x = torch.randn(1, tokens, 8)
+        fn, how = precompiled.load_or_compile(rows_plus_text, (x, text), f"rows-{tokens}", tmp_path,
+                                              dynamic=[((1,), 0)])
+        assert how == "compiled" and fn.guard_check(x, text)
+        assert fn.guard_check(x, torch.randn(9, 8))  # another text length: the same artifact
+        assert not fn.guard_check(torch.randn(1, 80, 8), text)  # another image size: not this one's
+        assert torch.allclose(fn(x, torch.ones(9, 8)), rows_plus_text(x, torch.ones(9, 8)))
