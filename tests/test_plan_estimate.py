@@ -351,3 +351,17 @@ def test_a_host_ram_shortfall_from_rounded_pinning_names_the_in_place_pinning(mo
     assert "host RAM" in str(err.value) and "LIGHTDIFF_PIN_IN_PLACE=1" in err.value.hint
     monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "1")  # then the same plan fits
     assert plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 12.0, ram_gb=32.0, steps=20).estimate.fits
+
+
+def test_an_on_off_setting_with_a_value_that_is_neither_is_an_error_naming_it(monkeypatch):
+    # a typo must not silently turn in-place pinning off (twice the host RAM, 14 s more to load qwen-image-2512)
+    from lightdiff import settings
+    from lightdiff.errors import LightdiffError
+
+    for value, on in (("1", True), ("true", True), ("ON", True), ("0", False), ("no", False)):
+        monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", value)
+        assert settings.flag("pin_in_place") is on
+    monkeypatch.setenv("LIGHTDIFF_PIN_IN_PLACE", "ture")
+    with pytest.raises(LightdiffError) as err:
+        plans.choose(specs.get("qwen-image-2512"), 1024, 1024, 1, 12.0, ram_gb=32.0, steps=20)
+    assert "LIGHTDIFF_PIN_IN_PLACE='ture'" in err.value.message and "1 or 0" in err.value.hint

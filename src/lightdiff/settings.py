@@ -49,5 +49,22 @@ def get(name: str) -> str:
     return SETTINGS[name].get()
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def flag(name: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (any case). Anything else is an error that names the
+    variable and the value, not a silent "off" (LIGHTDIFF_PIN_IN_PLACE=ture would otherwise double the host RAM)."""
+    from lightdiff.errors import LightdiffError
+
+    value = get(name).strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    setting = SETTINGS[name]
+    raise LightdiffError(f"{setting.env}={get(name)!r} is not an on/off value.",
+                         f"Set {setting.env} to 1 or 0 (or unset it for the default, {setting.default}).",
+                         code="bad_setting")
+
+
 def home() -> Path:
     return Path(get("home")).expanduser()

@@ -258,7 +258,7 @@ def load(spec: ModelSpec | str, weights: str | None = "auto", device: str = "cpu
     spec = specs.get(spec) if isinstance(spec, str) else spec
     source = resolve_source(spec, weights)
     if allow_unsafe_pickle is None:
-        allow_unsafe_pickle = settings.get("allow_unsafe_pickle") == "1"
+        allow_unsafe_pickle = settings.flag("allow_unsafe_pickle")
     if dtype is None:
         dtype = default_dtype(spec.rules.compute_dtype, device) if source.kind != "twin" else torch.float32
     t0 = time.perf_counter()

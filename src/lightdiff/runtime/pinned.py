@@ -125,7 +125,7 @@ def enabled() -> bool:
     """Whether the placement code pins in place (the default; ``LIGHTDIFF_PIN_IN_PLACE=0`` turns it off)."""
     from lightdiff import settings
 
-    return settings.get("pin_in_place") == "1"
+    return settings.flag("pin_in_place")
 
 
 def pin_module(module, owner=None, threads: int = 8) -> dict:
