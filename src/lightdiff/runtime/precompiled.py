@@ -107,7 +107,7 @@ def load_or_compile(fn, args: tuple, key: str, directory: Path | None = None, dy
         # dynamic shapes: Dynamo otherwise makes every size that changed since the function's last trace dynamic,
         # so the third image size's artifact got symbolic image sizes (whose stride guards then failed on its own
         # inputs: qwen-image-2512 at 512 after 1024 and 768 ran its blocks uncompiled, 7.2 s per image instead of
-        # about 1.3, H100, 2026-11-28); the key already stands for every size not in ``dynamic``
+        # about 1.3, H100, 2026-11-28; 1.312 s with this); the key already stands for every size not in ``dynamic``
         with torch._dynamo.config.patch(enable_aot_compile=True, automatic_dynamic_shapes=False):
             compiled = torch.compile(fn, fullgraph=True, options={"guard_filter_fn": _tensor_guards_only})
             aot = compiled.aot_compile((_marked_for_tracing(args, dynamic), {}))
