@@ -210,5 +210,6 @@ def test_engine_precompiled_cuda_graph_blocks_draw_the_plain_image(monkeypatch, 
             out = Engine(device="cuda").run(req)
             meta = out.metadata[0]
             assert meta["plan_info"]["compiled"] == "repeated blocks precompiled, CUDA graphs", meta["plan_info"]
+            assert meta["plan_info"]["attention"] == "lightdiff joint attention: real rotary, fused qkv"
             assert meta["precompiled"] == {BLOCK_FN: expect, "cuda graph": "the block stack, one graph per input size"}
             assert np.abs(np.asarray(out.images[0]).astype(int) - plain).max() <= 3

@@ -56,13 +56,26 @@ class Fp8Linear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear, min_rows: int = ROW_MULTIPLE, fast_accum: bool = False):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        values, scale = quantize_rows(linear.weight.detach())
+        self._hold(values, scale.reshape(1, -1), linear.bias, min_rows, fast_accum)
+
+    @classmethod
+    def from_parts(cls, weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias, min_rows: int = ROW_MULTIPLE,
+                   fast_accum: bool = False) -> "Fp8Linear":
+        """A layer from values and scales already quantized (shapes as the buffers below): fused projections."""
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer._hold(weight_fp8, weight_scale, bias, min_rows, fast_accum)
+        return layer
+
+    def _hold(self, values, scale, bias, min_rows: int, fast_accum: bool) -> None:
+        self.out_features, self.in_features = values.shape
         self.min_rows = min_rows  # some shapes need more rows than any multiple of 16 (module docstring)
         self.fast_accum = fast_accum
-        values, scale = quantize_rows(linear.weight.detach())
         self.register_buffer("weight_fp8", values)  # (out, in); buffers: `model.dtype` stays the compute dtype
-        self.register_buffer("weight_scale", scale.reshape(1, -1).contiguous())  # (1, out), as _scaled_mm wants
-        self.bias = linear.bias
+        self.register_buffer("weight_scale", scale.contiguous())  # (1, out), as _scaled_mm wants
+        self.bias = bias if bias is None or isinstance(bias, torch.nn.Parameter) else torch.nn.Parameter(
+            bias, requires_grad=False)
         self.register_buffer("unit_scale", torch.ones((), dtype=torch.float32, device=values.device),
                              persistent=False)
 

@@ -32,7 +32,7 @@ from lightdiff.workflows.base import GenerationResult, parse, resolve
 
 # what loading (fp8 conversion) and the speed path record in a loaded model's plan_info: true of the loaded
 # model for every request, so kept when the plan is re-estimated for one (with how its weights were pinned)
-FAST_PATH_INFO = ("compiled", "cfg", "fp8")
+FAST_PATH_INFO = ("compiled", "cfg", "fp8", "attention")
 LOAD_INFO = FAST_PATH_INFO + ("pinned",)
 
 
@@ -60,9 +60,12 @@ def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True, precompi
     den = getattr(loaded.pipe, "transformer", None)
     if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
             and loaded.plan in ("resident", "fp8-compute")):  # weights that stay put: no offload hooks to trace
-        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache, precompile_blocks
+        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache, precompile_blocks, rewrite_attention
 
         persist_compile_cache()
+        attention = rewrite_attention(den)  # Qwen-Image: an attention processor Inductor compiles whole
+        if attention:
+            loaded.plan_info = {**loaded.plan_info, "attention": attention}
         # precompiled: Qwen-Image's blocks from one artifact on disk, so a later process skips Dynamo's tracing
         # (runtime/precompiled_blocks.py); regional torch.compile for other transformers and if that fails
         compile_fn = precompile_blocks if precompiled else compile_blocks
