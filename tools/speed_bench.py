@@ -352,6 +352,10 @@ def qwen_fp8(args, out, stamp):
             compile_s=round(sum(secs[:warm]) - warm * statistics.median(secs[warm:]), 1),
             rel_l2_vs_bf16=rel_l2(first, ref),
             rel_l2_vs_fp8_rowwise=None if fp8_first is None else rel_l2(first, fp8_first))
+        if args.profile:
+            profile_to(args.profile, f"{variant}, 2 steps", lambda: call(2), rows=40)
+        if args.qwen_attn:  # lightdiff's processor (runtime/qwen_attention.py), then with fused projections
+            qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, first, variant, mode, warm, size)
     if args.cfg_batched:  # true CFG's two forwards as one of batch 2 (runtime/cfg_batch.py), compiled
         from lightdiff.runtime import cfg_batch
 
@@ -383,6 +387,40 @@ def qwen_fp8(args, out, stamp):
             row(out, "qwen-image-2512", label, secs, 1, flops, stamp, width=size, vram_budget_gb=args.budget,
                 note=note, vae_decode_s=decode_s, vae_tiling={"sample_px": pipe.vae.tile_sample_min_height,
                                                               "stride_px": pipe.vae.tile_sample_stride_height})
+
+
+def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, variant, mode, warm, size):
+    """The variant just timed, again with the rotary embeddings in real arithmetic (runtime/qwen_attention.py),
+    then with each stream's q/k/v projections fused: same process, same card, recompiled each time."""
+    from lightdiff.runtime import fastpath, qwen_attention
+
+    import torch
+
+    def coordinate_descent(_):  # Inductor times its Triton kernels' launch configurations (the reductions)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        return "coordinate_descent_tuning"
+
+    den = pipe.transformer
+    stages = [(" + real rotary", qwen_attention.install), (" + fused qkv", qwen_attention.fuse_projections)]
+    if args.then_tuning:
+        stages.append((" + inductor coordinate descent", coordinate_descent))
+    for label, change in stages:
+        done = change(den)
+        uncompile_blocks(den)
+        torch.cuda.empty_cache()
+        fastpath.compile_blocks(den, cuda_graphs=mode is not None)
+        torch.cuda.reset_peak_memory_stats()
+        variant += label
+        first, secs = timed(call, args.runs + warm)
+        row(out, "qwen-image-2512", variant, secs[warm:], 1, flops, stamp, width=size,
+            compile_s=round(sum(secs[:warm]) - warm * statistics.median(secs[warm:]), 1), changed=done,
+            rel_l2_vs_bf16=rel_l2(first, ref), rel_l2_vs_previous_row=rel_l2(first, before),
+            max_abs_diff_vs_previous_row=float(abs(first - before).max()))
+        before = first
+        if args.profile:
+            profile_to(args.profile, f"{variant}, 2 steps", lambda: call(2), rows=40)
 
 
 def vae_decode_seconds(pipe, size: int, runs: int = 3) -> float:
@@ -492,6 +530,10 @@ def main() -> int:
     p.add_argument("--fast-accum", action="store_true",
                    help="qwen-fp8: then the fp8 matmuls with fast accumulation (runtime/fp8.set_fast_accum), "
                         "compiled as the row before; the budget rows use it")
+    p.add_argument("--qwen-attn", action="store_true",
+                   help="qwen-fp8 with --fast-accum: then lightdiff's attention processor, then fused projections")
+    p.add_argument("--then-tuning", action="store_true",
+                   help="with --qwen-attn: then Inductor's coordinate-descent tuning of the same blocks")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file; "
                                      "sd15: a table of one graphed 20-step image")
     p.add_argument("--sd15-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune"],

@@ -93,13 +93,14 @@ PAGED_TE_GBPS = 1.3
 # ASSUMED, not measured (torchao is not on the measured machine); so `choose` never picks it itself.
 INT8_DEQUANT_BYTES_PER_PARAM = 3
 # fp8 compute (runtime/fp8.py), compiled, as the engine's speed path runs it: a denoiser call's time as a
-# share of the bf16 compute model's. CALIBRATED on the engine's row with fast accumulation and the compiled
-# blocks replayed as CUDA graphs (both defaults since 2026-11-27; docs/benchmarks/2026-11-27e-h100):
-# qwen-image-2512 1024 under 24 GB, half tiles, measured 4.32 s (median of 5), predicted 4.32 s. Before:
-# 0.39, from the same row without CUDA graphs (4.55 s, 2026-11-27d), and 0.6, from an eager profile with
-# row-wise accumulation. At 512 the compiled blocks are CPU-bound (3.63 s measured row-wise), which this model
+# share of the bf16 compute model's. CALIBRATED on the engine's rows with fast accumulation, the compiled
+# blocks replayed as CUDA graphs and lightdiff's Qwen attention (runtime/qwen_attention.py; all defaults):
+# qwen-image-2512 1024 under 24 GB, half tiles, measured 4.242 and 4.261 s (a cold and a warm process, medians
+# of 3; H100, 2026-11-28, docs/benchmarks/2026-11-28b-h100), predicted 4.25 s. Before: 0.343, from the row
+# with diffusers' attention (4.32 s, 2026-11-27e; 4.315 s on 2026-11-28), 0.39, from the same row without CUDA
+# graphs (4.55 s, 2026-11-27d), and 0.6, from an eager profile with row-wise accumulation. At 512 the compiled blocks are CPU-bound (3.63 s measured row-wise), which this model
 # does not see. Other fp8 cards are assumed to keep the H100's fp8/bf16 ratio (2x in specs/cards.py).
-FP8_COMPILED_COMPUTE_FACTOR = 0.343
+FP8_COMPILED_COMPUTE_FACTOR = 0.328
 
 
 @dataclass(frozen=True)
