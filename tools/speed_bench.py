@@ -392,9 +392,9 @@ def qwen_fp8(args, out, stamp):
 def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, variant, mode, warm, size):
     """The variant just timed, again with the rotary embeddings in real arithmetic (runtime/qwen_attention.py),
     then with each stream's q/k/v projections fused: same process, same card, recompiled each time."""
-    from lightdiff.runtime import fastpath, qwen_attention
-
     import torch
+
+    from lightdiff.runtime import fastpath, qwen_attention
 
     def coordinate_descent(_):  # Inductor times its Triton kernels' launch configurations (the reductions)
         import torch._inductor.config as inductor_config
@@ -402,8 +402,16 @@ def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, varian
         inductor_config.coordinate_descent_tuning = True
         return "coordinate_descent_tuning"
 
+    def multi_kernel(_):  # reductions up to 16x longer rows also generated persistent; the faster one timed at run
+        import torch._inductor.config as inductor_config
+
+        inductor_config.triton.multi_kernel = 1
+        return "triton.multi_kernel"
+
     den = pipe.transformer
     stages = [(" + real rotary", qwen_attention.install), (" + fused qkv", qwen_attention.fuse_projections)]
+    if args.then_multi_kernel:
+        stages.append((" + inductor multi-kernel", multi_kernel))
     if args.then_tuning:
         stages.append((" + inductor coordinate descent", coordinate_descent))
     for label, change in stages:
@@ -413,7 +421,14 @@ def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, varian
         fastpath.compile_blocks(den, cuda_graphs=mode is not None)
         torch.cuda.reset_peak_memory_stats()
         variant += label
-        first, secs = timed(call, args.runs + warm)
+        try:
+            first, secs = timed(call, args.runs + warm)
+        except Exception as e:  # a result, not a crash: the row says it failed, with the traceback's last frames
+            import traceback
+
+            print(traceback.format_exc()[-3000:], flush=True)
+            failed_row(out, "error", "qwen-image-2512", variant, f"{type(e).__name__}: {e}", stamp)
+            return
         row(out, "qwen-image-2512", variant, secs[warm:], 1, flops, stamp, width=size,
             compile_s=round(sum(secs[:warm]) - warm * statistics.median(secs[warm:]), 1), changed=done,
             rel_l2_vs_bf16=rel_l2(first, ref), rel_l2_vs_previous_row=rel_l2(first, before),
@@ -534,6 +549,8 @@ def main() -> int:
                    help="qwen-fp8 with --fast-accum: then lightdiff's attention processor, then fused projections")
     p.add_argument("--then-tuning", action="store_true",
                    help="with --qwen-attn: then Inductor's coordinate-descent tuning of the same blocks")
+    p.add_argument("--then-multi-kernel", action="store_true",
+                   help="with --qwen-attn: then Inductor's multi-kernel (persistent reductions for rows up to 16,384)")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file; "
                                      "sd15: a table of one graphed 20-step image")
     p.add_argument("--sd15-mode", default="reduce-overhead", choices=["reduce-overhead", "max-autotune"],

@@ -17,7 +17,7 @@ fused layer holds exactly the values and scales of the three.
 
 Measured (qwen-image-2512 1024, fp8 fast accumulation, compiled blocks as CUDA graphs, one process each; H100,
 2026-11-28, docs/benchmarks/2026-11-28b-h100): 4.362 -> 4.303 -> 4.288 s per image with the rotation, then the
-fused projections; on a second H100 4.315 -> 4.253 -> 4.191 s.
+fused projections; on two more H100s 4.315 -> 4.253 -> 4.191 s and 4.328 -> 4.267 -> 4.219 s.
 """
 
 from __future__ import annotations
