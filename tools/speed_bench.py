@@ -389,6 +389,36 @@ def qwen_fp8(args, out, stamp):
                                                               "stride_px": pipe.vae.tile_sample_stride_height})
 
 
+LONG_ROWS = 16384  # Qwen-Image's fp8 activation rows are 3,072 and 12,288 wide
+
+
+def persistent_long_rows(_):
+    """Inductor generates a reduction over a row as one pass with the row in registers ("persistent") only up to
+    1,024 elements; longer rows loop, reading the row again for each dependent reduction (a norm's statistics,
+    then the fp8 scale's amax, then the quantized write). This allows rows up to LONG_ROWS, through Inductor's
+    documented hook for its heuristics (``V.set_choices_handler``); the config entry puts it in the cache key."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+    from torch._inductor.virtualized import V
+
+    class LongRowsPersistent(InductorChoices):
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction):
+            if (inductor_config.triton.persistent_reductions and not cooperative_reduction
+                    and features.get_reduction_hint() == ReductionHint.INNER
+                    and V.graph.sizevars.statically_known_leq(features.reduction_numel, LONG_ROWS)):
+                return True
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+        def uuid(self):
+            return f"lightdiff-persistent-rows-{LONG_ROWS}"
+
+    inductor_config.inductor_choices_class = LongRowsPersistent
+    V.set_choices_handler(LongRowsPersistent())
+    return f"persistent reductions up to {LONG_ROWS}"
+
+
 def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, variant, mode, warm, size):
     """The variant just timed, again with the rotary embeddings in real arithmetic (runtime/qwen_attention.py),
     then with each stream's q/k/v projections fused: same process, same card, recompiled each time."""
@@ -410,6 +440,8 @@ def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, varian
 
     den = pipe.transformer
     stages = [(" + real rotary", qwen_attention.install), (" + fused qkv", qwen_attention.fuse_projections)]
+    if args.then_persistent:
+        stages.append((f" + persistent reductions up to {LONG_ROWS}", persistent_long_rows))
     if args.then_multi_kernel:
         stages.append((" + inductor multi-kernel", multi_kernel))
     if args.then_tuning:
@@ -549,6 +581,8 @@ def main() -> int:
                    help="qwen-fp8 with --fast-accum: then lightdiff's attention processor, then fused projections")
     p.add_argument("--then-tuning", action="store_true",
                    help="with --qwen-attn: then Inductor's coordinate-descent tuning of the same blocks")
+    p.add_argument("--then-persistent", action="store_true",
+                   help="with --qwen-attn: then reductions over rows up to 16,384 elements in one pass (persistent)")
     p.add_argument("--then-multi-kernel", action="store_true",
                    help="with --qwen-attn: then Inductor's multi-kernel (persistent reductions for rows up to 16,384)")
     p.add_argument("--profile", help="qwen-fp8: append torch.profiler tables (2 steps each way) to this file; "
