@@ -29,22 +29,23 @@ def rotary_inputs(dtype, tokens=24, heads=3, head_dim=16):
 def test_rotation_is_diffusers_complex_rotation_to_the_bit(dtype):
     x, freqs = rotary_inputs(dtype)
     want = apply_rotary_emb_qwen(x, freqs, use_real=False)
-    got = qwen_attention.rotate(x, freqs)
+    got = qwen_attention.rotate_real(x, freqs)
     assert got.dtype == want.dtype == dtype and got.shape == want.shape
     assert torch.equal(got, want)
+    assert torch.equal(qwen_attention.rotate(x, freqs), want)  # eager: diffusers' own kernels
 
 
 def test_rotation_compiles_without_complex_kernels():
     """The reason the processor exists: Inductor falls back to eager kernels for complex operators, so diffusers'
-    rotation splits the compiled block; this one compiles to generated code."""
+    rotation splits the compiled block; ``rotate`` under compile is ``rotate_real``, generated code."""
     x, freqs = rotary_inputs(torch.bfloat16)
     torch._dynamo.reset()
     _, code = run_and_get_code(torch.compile(lambda a, f: apply_rotary_emb_qwen(a, f, use_real=False)), x, freqs)
     assert "view_as_complex" in "\n".join(code)  # the check below can see the difference
     torch._dynamo.reset()
-    got, code = run_and_get_code(torch.compile(qwen_attention.rotate, fullgraph=True), x, freqs)
+    got, code = run_and_get_code(torch.compile(qwen_attention.rotate, fullgraph=True), x, freqs)  # as in a block
     assert "view_as_complex" not in "\n".join(code)
-    assert torch.equal(got, qwen_attention.rotate(x, freqs))
+    assert torch.equal(got, qwen_attention.rotate_real(x, freqs))
 
 
 def test_processor_draws_diffusers_images_and_keeps_the_attention_backend():

@@ -6,7 +6,7 @@ diffusers' ``QwenDoubleStreamAttnProcessor2_0`` rotates queries and keys as comp
 generates no code for complex operators, so inside the compiled blocks each rotation runs as separate eager
 kernels between fused ones: four per block call, 960 complex multiplies in two steps of qwen-image-2512 at 1024
 (20.5 us each, 19.7 ms; H100, 2026-11-28, docs/benchmarks/2026-11-28-h100/profile-qwen-fp8-compiled.txt), plus the
-copies into and out of float32 around them. ``rotate`` computes the same products on the real and imaginary parts
+copies into and out of float32 around them. ``rotate_real`` computes the same products on the real and imaginary parts
 (the same float32 arithmetic, then the same cast), which Inductor fuses with the norm before and the
 concatenation after. Written here because diffusers' processor hard-codes the complex form for this model.
 
@@ -29,6 +29,17 @@ DIFFUSERS_PROCESSOR = "QwenDoubleStreamAttnProcessor2_0"
 
 
 def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``apply_rotary_emb_qwen(x, freqs, use_real=False)``: under torch.compile as ``rotate_real``, which
+    Inductor fuses; eager (a step-cached request runs the blocks uncompiled) as diffusers' three complex kernels,
+    fewer than the real form's nine. The same values either way."""
+    if torch.compiler.is_compiling():
+        return rotate_real(x, freqs)
+    from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+    return apply_rotary_emb_qwen(x, freqs, use_real=False)
+
+
+def rotate_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """diffusers' ``apply_rotary_emb_qwen(x, freqs, use_real=False)`` without complex tensors: ``x`` (batch, tokens,
     heads, head_dim) taken as head_dim/2 (real, imaginary) pairs, each multiplied by ``freqs`` (tokens, head_dim/2,
     complex), in float32, cast back to x's dtype."""
