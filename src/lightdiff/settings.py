@@ -42,10 +42,10 @@ SETTINGS: dict[str, Setting] = {
                 "of two: up to 2x the host RAM, and 14 s more to load qwen-image-2512 under 24 GB) instead of one "
                 "exact-size buffer (runtime/pinned.py)."),
         Setting("qwen_attention", "LIGHTDIFF_QWEN_ATTENTION", "1",
-                "Set to 0 to keep diffusers' attention processor in Qwen-Image's compiled blocks instead of lightdiff's "
-                "(rotary embeddings without complex numbers, so Inductor compiles them, and each stream's q/k/v "
-                "projections as one matmul: 4.32-4.36 -> 4.19-4.29 s per image at 1024 in fp8 on three H100s; "
-                "runtime/qwen_attention.py)."),
+                "Set to 0 to keep diffusers' attention processor in Qwen-Image's compiled blocks instead of "
+                "lightdiff's (rotary embeddings without complex numbers, so Inductor compiles them, and each "
+                "stream's q/k/v projections as one matmul: 4.32-4.36 -> 4.19-4.29 s per image at 1024 in fp8 on "
+                "three H100s; runtime/qwen_attention.py)."),
     ]
 }
 

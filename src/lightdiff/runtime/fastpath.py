@@ -140,7 +140,8 @@ def rewrite_attention(den) -> str | None:
     qwen-image-2512 1024, fp8 fast accumulation, compiled blocks with CUDA graphs: 4.362 s per image with diffusers'
     processor, 4.303 s with real-arithmetic rotary embeddings (the same image to the bit), 4.288 s with the
     projections fused too (H100, 2026-11-28, one process; docs/benchmarks/2026-11-28b-h100); on two more H100s
-    4.315 / 4.253 / 4.191 s and 4.328 / 4.267 / 4.219 s; through the engine under 24 GB 4.315 s with diffusers' processor, 4.242 s with this."""
+    4.315 / 4.253 / 4.191 s and 4.328 / 4.267 / 4.219 s; through the engine under 24 GB 4.315 s with diffusers'
+    processor, 4.242 s with this."""
     from lightdiff import settings
     from lightdiff.runtime import qwen_attention
 

@@ -60,7 +60,8 @@ def attach_fast_path(loaded, fast: str, cuda_graph_blocks: bool = True, precompi
     den = getattr(loaded.pipe, "transformer", None)
     if (fast == "auto" and wanted and getattr(den, "_repeated_blocks", None)
             and loaded.plan in ("resident", "fp8-compute")):  # weights that stay put: no offload hooks to trace
-        from lightdiff.runtime.fastpath import compile_blocks, persist_compile_cache, precompile_blocks, rewrite_attention
+        from lightdiff.runtime.fastpath import (compile_blocks, persist_compile_cache, precompile_blocks,
+                                                rewrite_attention)
 
         persist_compile_cache()
         attention = rewrite_attention(den)  # Qwen-Image: an attention processor Inductor compiles whole
