@@ -426,26 +426,22 @@ def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, varian
 
     from lightdiff.runtime import fastpath, qwen_attention
 
-    def coordinate_descent(_):  # Inductor times its Triton kernels' launch configurations (the reductions)
-        import torch._inductor.config as inductor_config
+    def inductor_option(section, name, value):  # a stage that sets one of Inductor's options before compiling
+        def change(_):
+            import torch._inductor.config as inductor_config
 
-        inductor_config.coordinate_descent_tuning = True
-        return "coordinate_descent_tuning"
-
-    def multi_kernel(_):  # reductions up to 16x longer rows also generated persistent; the faster one timed at run
-        import torch._inductor.config as inductor_config
-
-        inductor_config.triton.multi_kernel = 1
-        return "triton.multi_kernel"
+            setattr(getattr(inductor_config, section) if section else inductor_config, name, value)
+            return f"{section}.{name}" if section else name
+        return change
 
     den = pipe.transformer
     stages = [(" + real rotary", qwen_attention.install), (" + fused qkv", qwen_attention.fuse_projections)]
     if args.then_persistent:
         stages.append((f" + persistent reductions up to {LONG_ROWS}", persistent_long_rows))
-    if args.then_multi_kernel:
-        stages.append((" + inductor multi-kernel", multi_kernel))
-    if args.then_tuning:
-        stages.append((" + inductor coordinate descent", coordinate_descent))
+    if args.then_multi_kernel:  # reductions up to 16x longer rows also generated persistent; the faster one picked
+        stages.append((" + inductor multi-kernel", inductor_option("triton", "multi_kernel", 1)))
+    if args.then_tuning:  # Inductor times its Triton kernels' launch configurations (the reductions among them)
+        stages.append((" + inductor coordinate descent", inductor_option(None, "coordinate_descent_tuning", True)))
     for label, change in stages:
         done = change(den)
         uncompile_blocks(den)

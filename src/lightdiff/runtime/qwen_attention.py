@@ -23,6 +23,8 @@ fused projections; on two more H100s 4.315 -> 4.253 -> 4.191 s and 4.328 -> 4.26
 from __future__ import annotations
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
 STREAMS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
 DIFFUSERS_PROCESSOR = "QwenDoubleStreamAttnProcessor2_0"
@@ -34,8 +36,6 @@ def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     fewer than the real form's nine. The same values either way."""
     if torch.compiler.is_compiling():
         return rotate_real(x, freqs)
-    from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
-
     return apply_rotary_emb_qwen(x, freqs, use_real=False)
 
 
@@ -68,8 +68,6 @@ class QwenJointAttnProcessor:
                  encoder_hidden_states_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         if encoder_hidden_states is None:
             raise ValueError("QwenJointAttnProcessor needs encoder_hidden_states (the text stream)")
         if attention_mask is not None:
