@@ -31,6 +31,22 @@ def test_sd15_graph_loop_matches_diffusers_euler(tiny_sd15, batch):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_images_leave_the_device_as_uint8_with_diffusers_pixels(dtype, channels):
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(vae_scale_factor=8)
+    images = torch.randn(2, channels, 16, 24, generator=torch.Generator().manual_seed(0)) * 1.5  # beyond [-1, 1] too
+    images[0, 0, 0, :6] = torch.tensor([-1.0, 1.0, 0.0, 1 / 255 - 1, 2 * 0.5 / 255 - 1, 2 * 128.5 / 255 - 1])
+    images = images.to(dtype)  # the half-way values round half to even, as NumPy's round does
+    ours = fastpath.images_to_pil(processor, images)
+    theirs = processor.postprocess(images, output_type="pil")
+    assert [im.mode for im in ours] == [im.mode for im in theirs] == ["RGB" if channels == 3 else "L"] * 2
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_graph_loop_supports_only_what_it_reproduces(tiny_sd15):
     loop = fastpath.SD15GraphLoop(tiny_sd15.pipe, compiled=False)
     assert loop.supports("sd15", "euler", 7.0)

@@ -59,6 +59,19 @@ def test_sd15_schedulers_all_run(tiny_sd15):
         assert r.metadata[0]["scheduler"] == name and np.isfinite(_px(r)).all()
 
 
+def test_a_scheduler_keeps_no_state_from_the_request_before(tiny_sd15):
+    # each request gets a fresh scheduler (a copy of one built per class): DPM++ keeps earlier steps' outputs
+    first = {name: _px(_run(tiny_sd15, seed=3, scheduler=name)) for name in ("dpm++2m", "euler_a")}
+    _run(tiny_sd15, seed=9, scheduler="dpm++2m", steps=3)  # another request in between, with another step count
+    for name, pixels in first.items():
+        assert np.array_equal(_px(_run(tiny_sd15, seed=3, scheduler=name)), pixels)
+    import diffusers
+
+    a, b = (tiny_sd15.new_scheduler(diffusers.DPMSolverMultistepScheduler) for _ in range(2))
+    assert a is not b and a.model_outputs is not b.model_outputs
+    assert dict(a.config) == dict(diffusers.DPMSolverMultistepScheduler.from_config(tiny_sd15.scheduler_config).config)
+
+
 @pytest.mark.parametrize("field,value,words", [
     ("width", 65, ["65", "multiple of 8", "64 or 72"]),
     ("steps", 0, ["steps"]),

@@ -114,6 +114,16 @@ class LoadedModel:
     # the scheduler config as loaded: every request derives its scheduler from this, so switching
     # schedulers never drifts (from_config across classes adds and drops keys)
     scheduler_config: dict = field(default_factory=dict)
+    _scheduler_templates: dict = field(default_factory=dict)
+
+    def new_scheduler(self, cls):
+        """A fresh scheduler of class ``cls`` from ``scheduler_config``: a copy of one built once per class, since
+        ``from_config`` inspects every argument's signature (0.7 ms a request on a 2-core CPU host; a copy 0.13)."""
+        import copy
+
+        if cls not in self._scheduler_templates:
+            self._scheduler_templates[cls] = cls.from_config(self.scheduler_config)
+        return copy.deepcopy(self._scheduler_templates[cls])
 
     def __post_init__(self):
         if not self.scheduler_config and getattr(self.pipe, "scheduler", None) is not None:

@@ -34,9 +34,9 @@ def set_scheduler(pipe, loaded, name: str) -> None:
     import diffusers
 
     if loaded.spec.family != "sd15":
-        pipe.scheduler = type(pipe.scheduler).from_config(loaded.scheduler_config)
+        pipe.scheduler = loaded.new_scheduler(type(pipe.scheduler))
         return  # Qwen-Image has one scheduler (flow matching Euler)
-    pipe.scheduler = getattr(diffusers, SD_SCHEDULERS[name]).from_config(loaded.scheduler_config)
+    pipe.scheduler = loaded.new_scheduler(getattr(diffusers, SD_SCHEDULERS[name]))
 
 
 def prompt_token_limit(pipe, spec) -> int:
