@@ -112,6 +112,10 @@ def child(args) -> None:
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(round(time.perf_counter() - t0, 3))
+            if args.profile_run:  # one more run, untimed: where the host's share of a warm image goes
+                profiled(args.profile_run, engine.run, request)
+                if cuda:
+                    torch.cuda.synchronize()
             loaded = engine.pool.peek(model, weights)
             row.update(status="ok", plan=loaded.plan, sec_per_image=statistics.median(times), times=times,
                        fallbacks=result.metadata[0].get("fallbacks", []), load_s=round(loaded.load_s, 2),
@@ -197,6 +201,8 @@ def parent(args) -> int:
                 cmd.append("--no-precompiled")
             if args.profile_warmup:
                 cmd += ["--profile-warmup", args.profile_warmup]
+            if args.profile_run:
+                cmd += ["--profile-run", args.profile_run]
             if args.ram_budget:
                 cmd += ["--ram-budget", str(args.ram_budget)]
             cmd += [flag for flag, on in (("--in-order", args.in_order), ("--fail-on-reload", args.fail_on_reload),
@@ -275,6 +281,9 @@ def main(argv=None) -> int:
                         "torch.compile's CUDA-graph loop, traced in every process")
     p.add_argument("--profile-warmup", metavar="PATH",
                    help="append a cProfile table (40 costliest calls) of each process's first warm-up to PATH")
+    p.add_argument("--profile-run", metavar="PATH",
+                   help="after each size's timed runs, one more run under cProfile, its table appended to PATH "
+                        "(the host's share of a warm image: time waiting on the GPU shows in the copy back)")
     p.add_argument("--no-sd15-prepare", action="store_true",
                    help="SD1.5's graph loop without its channels_last UNet and compiled VAE decoder "
                         "(fastpath.prepare_sd15_modules): that step's baseline")
