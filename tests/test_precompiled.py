@@ -79,6 +79,10 @@ def test_precompiled_loop_replays_its_cuda_graph_with_the_eager_pixels(tmp_path,
     assert any(isinstance(f, precompiled.GraphedCall) for f in loop._precompiled.values())
     for ref, out in zip(refs, outs):
         assert np.abs(np.asarray(ref, dtype=int) - np.asarray(out, dtype=int)).max() <= 3
+    pipe.vae.to(torch.float32)  # the engine's NaN fallback: code traced for half-precision weights must not get these
+    out = loop("x", None, 64, 64, 4, 7.0, generators(1, 1))[0]
+    assert np.abs(np.asarray(refs[0], dtype=int) - np.asarray(out, dtype=int)).max() <= 3
+    assert len([key for key in loop._precompiled if key[0] == fastpath.DECODE_FN]) == 2
 
 
 def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkeypatch):
@@ -101,6 +105,26 @@ def test_a_failed_precompile_falls_back_to_the_compiled_loop_and_says_why(monkey
     assert pipe.vae.decoder._compiled_call_impl is not None
     monkeypatch.setattr(precompiled, "load_or_compile", lambda *a, **k: pytest.fail("tried again"))
     assert loop._precompiled_step(args) is None
+
+
+def test_a_failed_precompiled_decoder_falls_back_to_the_compiled_decoder(monkeypatch):
+    import torch
+
+    from lightdiff.runtime import fastpath, loader, precompiled
+
+    def refuse(*a, **k):
+        raise precompiled.PrecompileFailed("this torch cannot")
+
+    monkeypatch.setattr(precompiled, "load_or_compile", refuse)
+    pipe = loader.load("tiny-sd15", device="cpu").pipe  # its own copy: the decoder gets compiled
+    loop = fastpath.SD15GraphLoop(pipe, compiled=True, precompiled=True)
+    decoded = []
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, return_dict=False: decoded.append(z) or (z,))
+    latents = torch.ones(1, 4, 8, 8)
+    out = loop._decode(latents)
+    assert loop.precompiled_notes["sd15-vae-decode"].startswith("not precompiled: PrecompileFailed")
+    assert pipe.vae.decoder._compiled_call_impl is not None  # the pipeline's decode, its decoder compiled
+    assert torch.equal(out, latents / pipe.vae.config.scaling_factor) and len(decoded) == 1
 
 
 def double_sin(x):

@@ -336,7 +336,7 @@ class SD15GraphLoop:
         # back to torch.compile (self.step) if this torch cannot; ``precompiled_notes`` says what happened.
         self.precompiled = compiled and precompiled
         self.precompiled_notes: dict[str, str] = {}  # function -> "loaded", "compiled" or why not
-        self._precompiled: dict = {}  # (what, shapes) -> callable
+        self._precompiled: dict = {}  # (what, shapes, weights) -> callable
         self._precompile_failed: set[str] = set()
         if compiled and prepare:
             prepare_sd15_modules(pipe, compile_decoder=not self.precompiled)
@@ -391,17 +391,18 @@ class SD15GraphLoop:
                 callback(pipe, i, timesteps[i], {})
         return images_to_pil(pipe.image_processor, self._decode(latents))
 
-    def _precompiled_fn(self, name: str, fn, args: tuple, extra, graphed: bool = False):
+    def _precompiled_fn(self, name: str, fn, args: tuple, extra, graphed: bool = False, weights=None):
         """``fn`` loaded or AOT-compiled for these shapes (once per process and shape; ``extra()``, what the key
         stands for besides the tensors, is only read then), replayed as a CUDA graph when ``graphed``; None after
-        a failure, which turns precompiling ``name`` off for this loop and says why in ``precompiled_notes``."""
+        a failure, which turns precompiling ``name`` off for this loop and says why in ``precompiled_notes``.
+        ``weights`` names the weights it serves (dtype, storage): others get a function of their own."""
         import torch
 
         from lightdiff.runtime import precompiled
 
         shapes = tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
-        if (name, shapes) in self._precompiled:
-            return self._precompiled[(name, shapes)]
+        if (name, shapes, weights) in self._precompiled:
+            return self._precompiled[(name, shapes, weights)]
         if name in self._precompile_failed:
             return None
         try:
@@ -413,7 +414,7 @@ class SD15GraphLoop:
             self.precompiled_notes[name] = f"not precompiled: {type(e).__name__}: {e}"[:400]
             return None
         self.precompiled_notes[name] = how
-        self._precompiled[(name, shapes)] = fn
+        self._precompiled[(name, shapes, weights)] = fn
         return fn
 
     def _precompiled_step(self, args: tuple):
@@ -435,11 +436,19 @@ class SD15GraphLoop:
         return step
 
     def _decode(self, latents):
-        """The precompiled decoder where the VAE decodes whole images; the pipeline's (tiled, sliced) otherwise."""
+        """The precompiled decoder where the VAE decodes whole images; the pipeline's (tiled, sliced) otherwise. Keyed
+        by the weights' dtype and storage: the engine's NaN fallback moves the VAE to float32, and code traced for
+        half-precision weights must not be handed those. Not a CUDA graph: replaying the decoder as one measured no
+        faster (0.139-0.140 s per image either way, H200, 2026-11-28), the step's graphs keep the GPU's queue full."""
         vae = self.pipe.vae
         decode = None
         if self.precompiled and not (getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False)):
-            decode = self._precompiled_fn(DECODE_FN, decode_latents, (vae, latents), lambda: {"config": model_config(vae)})
+            weight = next(vae.parameters())
+            decode = self._precompiled_fn(DECODE_FN, decode_latents, (vae, latents),
+                                          lambda: {"config": model_config(vae), "dtype": str(weight.dtype)},
+                                          weights=(weight.dtype, weight.data_ptr()))
+            if decode is None and vae.decoder._compiled_call_impl is None:
+                vae.decoder.compile(fullgraph=True)  # what serves where precompiling is off
         if decode is None:
             return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         return decode(vae, latents)
