@@ -278,3 +278,25 @@ def test_engine_cuda_graph_blocks_draw_the_plain_image_at_two_sizes(precompiled)
                                                           else "repeated blocks, CUDA graphs")
         diff = np.abs(np.asarray(a.images[0], dtype=int) - np.asarray(b.images[0], dtype=int)).max()
         assert diff <= 3
+
+
+def test_the_engine_prices_a_request_as_the_loop_it_will_run():
+    """The planner times SD1.5's resident plan as the compiled loop only where txt2img would run that loop."""
+    from lightdiff import specs
+    from lightdiff.workflows.base import resolve
+    from lightdiff.workflows.engine import Engine
+
+    engine = Engine(device="cpu", fast="auto")
+
+    def runs(**request):
+        _, req = engine.parse({"prompt": "x", **request})
+        return engine._runs_compiled_loop(req, resolve(req, specs.get(req.model)))
+
+    assert not runs(model="sd15")  # on the CPU the loop is not compiled
+    engine.device = "cuda"  # only the decision is asked: no GPU needed
+    assert runs(model="sd15") and runs(model="sd15", batch_size=4)
+    assert not runs(model="sd15", scheduler="dpm++2m")  # the loop reproduces Euler only
+    assert not runs(model="sd15", guidance=1.0)
+    assert not runs(model="qwen-image-2512")
+    engine.fast = "off"
+    assert not runs(model="sd15")

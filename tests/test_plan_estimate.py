@@ -43,6 +43,33 @@ def test_qwen_fp8_compute_time_under_24_gb_is_within_15_percent_of_the_engine_ro
     assert e.sec_per_image == pytest.approx(4.242, rel=0.15)
 
 
+# docs/benchmarks/2026-11-28c-h200: SD1.5 512, 20 steps, through the engine's compiled loop on an H200 (the H100's
+# bf16 peak): 0.139 s per image at batch 1 (validate_planner), 10.83 images/s at batch 16 (speed_bench)
+SD15_LOOP_ROWS = [(1, 0.139), (16, 1 / 10.83)]
+
+
+@pytest.mark.parametrize("batch,sec", SD15_LOOP_ROWS)
+def test_sd15_compiled_loop_time_is_within_15_percent_of_the_h200_rows(batch, sec):
+    loop = plans.plan_for(Strategy.RESIDENT, "sd15", 512, 512, batch, card="H200", steps=20, compiled_loop=True)
+    assert loop.estimate.sec_per_image == pytest.approx(sec, rel=0.15)
+    plain = plans.plan_for(Strategy.RESIDENT, "sd15", 512, 512, batch, card="H200", steps=20)
+    assert plain.estimate.sec_per_image > loop.estimate.sec_per_image  # diffusers' own loop, as before
+    again = loop.at(512, 512, batch, 20)  # a loaded plan re-estimated keeps pricing the loop, unless told not to
+    assert again.estimate.sec_per_image == pytest.approx(loop.estimate.sec_per_image)
+    assert loop.at(512, 512, batch, 20, compiled_loop=False).estimate.sec_per_image == pytest.approx(
+        plain.estimate.sec_per_image)
+
+
+def test_only_a_family_with_a_compiled_loop_is_priced_as_one():
+    for strategy in (Strategy.RESIDENT, Strategy.GROUP_OFFLOAD):
+        a = plans.plan_for(strategy, "qwen-image-2512", 1024, 1024, card="H200", compiled_loop=True)
+        b = plans.plan_for(strategy, "qwen-image-2512", 1024, 1024, card="H200")
+        assert a.estimate.sec_per_image == b.estimate.sec_per_image
+    a = plans.plan_for(Strategy.GROUP_OFFLOAD, "sd15", 512, 512, card="H200", compiled_loop=True)
+    b = plans.plan_for(Strategy.GROUP_OFFLOAD, "sd15", 512, 512, card="H200")
+    assert a.estimate.sec_per_image == b.estimate.sec_per_image  # the loop runs only on the resident plan
+
+
 def test_qwen_fp8_storage_needs_tiling_in_24_gb_as_measured():
     # Measured: untiled it ran out of memory under a 24 GB cap; tiled it peaked at 19.7 GB.
     e = Strategy.FP8_STORAGE.estimate("qwen-image-2512", 1024, 1024, 1, 24.0, fixed={"text_encoder": "none"})

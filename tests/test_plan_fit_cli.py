@@ -54,3 +54,14 @@ def test_fit_follows_the_engine_on_fp8_compute(capsys):
     assert main(["fit", "--model", "qwen-image-2512", "--size", "1024", "--gpu", "RTX 4090D", "--fast", "off"]) == 0
     pick = capsys.readouterr().out.split("lightdiff would pick: ")[1].split(" ")[0]
     assert pick not in ("fp8-compute", "resident")
+
+
+def test_fit_times_sd15_as_the_engine_runs_it(capsys):
+    """--fast auto: SD1.5's resident time is its compiled loop's (and says so, with diffusers' loop beside it)."""
+    assert main(["fit", "--model", "sd15", "--gpu", "H200", "--json"]) == 0
+    fast = __import__("json").loads(capsys.readouterr().out)["plans"]["resident"]
+    assert main(["fit", "--model", "sd15", "--gpu", "H200", "--fast", "off", "--json"]) == 0
+    plain = __import__("json").loads(capsys.readouterr().out)["plans"]["resident"]
+    assert fast["sec_per_image"] < plain["sec_per_image"] / 3
+    assert "compiled loop" in fast["reason"] and f"about {plain['sec_per_image']:.2f} s" in fast["reason"]
+    assert "compiled loop" not in plain["reason"]

@@ -83,10 +83,21 @@ def memory_of(spec, item) -> tuple[int, int, float]:
     return r.width, r.height, extra
 
 
+def runs_compiled_loop(spec, item, group, gpu: bool) -> bool:
+    """Does the engine run this item through SD1.5's compiled loop (as Engine._runs_compiled_loop decides)?"""
+    from lightdiff.runtime.fastpath import SD15GraphLoop
+
+    guidance = getattr(group, "guidance", None)
+    guidance = spec.defaults.guidance if guidance is None else guidance
+    return (getattr(group, "fast", "off") == "auto" and gpu and item.workflow == "txt2img"
+            and SD15GraphLoop.supports(spec.family, spec.defaults.scheduler, guidance))
+
+
 def plan_for_item(mod, spec, item, group, hw: Hardware, name: str | None = None):
     """The planner's Plan for one item: the named strategy, or the one it chooses (may raise DoesNotFit)."""
     width, height, extra = memory_of(spec, item)
-    kw = dict(ram_gb=hw.ram_gb, card=hw.card_name(), steps=group.steps, extra_params_M=extra)
+    kw = dict(ram_gb=hw.ram_gb, card=hw.card_name(), steps=group.steps, extra_params_M=extra,
+              compiled_loop=runs_compiled_loop(spec, item, group, bool(hw.gpu)))
     if name:
         return mod.plan_for(mod.Strategy.named(name), spec, width, height, item.batch_size,
                             _vram_for(group, hw), **kw)
@@ -165,7 +176,8 @@ class PlanChoice:
             return None
         try:
             width, height, extra = memory_of(self._spec, item)
-            return predicted(self.plan.at(width, height, item.batch_size, self._group.steps, extra))
+            loop = runs_compiled_loop(self._spec, item, self._group, bool(self._hw and self._hw.gpu))
+            return predicted(self.plan.at(width, height, item.batch_size, self._group.steps, extra, loop))
         except Exception as e:  # a prediction must never cost a measurement
             return {"error": f"{type(e).__name__}: {e}"}
 

@@ -15,8 +15,9 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--gpu", help='card for the speed estimate, e.g. "RTX 4090D" (default: H100 80GB figures)')
     p.add_argument("--fast", choices=["auto", "off"], default="auto",
-                   help="as `generate --fast`: auto (the default) may pick fp8-compute on fp8 cards, "
-                        "off keeps to the plans that run without the speed path")
+                   help="as `generate --fast`: auto (the default) may pick fp8-compute on fp8 cards and times "
+                        "SD1.5 as its compiled loop runs (txt2img, Euler); off keeps to the plans and times "
+                        "without the speed path")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -39,10 +40,12 @@ def run(args) -> int:
                              "Use e.g. --vram 24 --ram 64 --batch 1.")
     width = args.width or args.size or spec.defaults.width
     height = args.height or args.size or spec.defaults.height
-    rows = plans.estimate_all(spec, width, height, args.batch, vram, args.ram, card, args.steps)
+    # txt2img at the model's defaults, as the engine runs it: with --fast auto, SD1.5's compiled loop
+    loop = args.fast == "auto"
+    rows = plans.estimate_all(spec, width, height, args.batch, vram, args.ram, card, args.steps, compiled_loop=loop)
     try:
         chosen, error = plans.choose(spec, width, height, args.batch, vram, args.ram, card, args.steps,
-                                     exclude=plans.excluded_for(args.fast)), None
+                                     exclude=plans.excluded_for(args.fast), compiled_loop=loop), None
     except DoesNotFit as e:
         chosen, error = None, e
     steps = args.steps or spec.defaults.steps

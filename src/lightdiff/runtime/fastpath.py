@@ -341,7 +341,9 @@ class SD15GraphLoop:
         if compiled and prepare:
             prepare_sd15_modules(pipe, compile_decoder=not self.precompiled)
 
-    def supports(self, family: str, scheduler: str, guidance: float) -> bool:
+    @staticmethod
+    def supports(family: str, scheduler: str, guidance: float) -> bool:
+        """Does this loop reproduce diffusers' for such a request (the planner prices it by this too)?"""
         return family == "sd15" and scheduler == "euler" and guidance > 1.0
 
     def __call__(self, prompt: str, negative_prompt: str | None, width: int, height: int, steps: int,

@@ -169,9 +169,15 @@ def _den_params(r: Request) -> float:
 
 
 def _estimate_resident(r: Request, fixed: dict | None = None) -> Estimate:
+    loop = m.loop_call_s(r)  # SD1.5's compiled loop, where the request runs it
+
     def build(tiling, te_mode):
         den = m.gib(_den_params(r), m.compute_dtype(r.spec))
-        return _Parts(den, 0.0, 0.0, m.call_compute_s(r), {}), None
+        if loop is None:
+            return _Parts(den, 0.0, 0.0, m.call_compute_s(r), {}), None
+        plain = m.seconds_per_image(r, m.call_compute_s(r), tiling)
+        return _Parts(den, 0.0, 0.0, loop, {}, note=f"time of the compiled loop (txt2img with Euler, --fast auto); "
+                                                     f"diffusers' loop: about {plain:.2f} s"), None
     return _over_modifiers(r, build, fixed)
 
 
@@ -393,7 +399,8 @@ def names() -> list[str]:
 
 
 def request_for(spec, width, height, batch=1, card_or_budget=None, *, steps=None, ram_gb=None,
-                vram_gb: float | None = None, card=None, extra_params_M: float = 0.0) -> Request:
+                vram_gb: float | None = None, card=None, extra_params_M: float = 0.0,
+                compiled_loop: bool = False) -> Request:
     """Normalise the ways a budget is given: a card (its VRAM), a card name, or GB. ``card`` (a Card
     or a name) only sets the card speeds are predicted for; it implies no budget."""
     from lightdiff.specs.cards import Card, find_card
@@ -409,7 +416,8 @@ def request_for(spec, width, height, batch=1, card_or_budget=None, *, steps=None
         vram_gb = float(card_or_budget)
     if vram_gb is None and card is not None:
         vram_gb = card.vram_gb
-    return m.make_request(spec, width, height, batch, steps, vram_gb, ram_gb, card or speed_card, extra_params_M)
+    return m.make_request(spec, width, height, batch, steps, vram_gb, ram_gb, card or speed_card, extra_params_M,
+                          compiled_loop)
 
 
 # --- plans -------------------------------------------------------------------------------------------
@@ -429,6 +437,7 @@ class Plan:
     ram_gb: float | None
     card: str
     extra_params_M: float = 0.0  # a workflow's own weights on the GPU (a ControlNet)
+    compiled_loop: bool = False  # priced as the engine's compiled loop runs it (plan_model.Request)
 
     @property
     def name(self) -> str:
@@ -451,42 +460,50 @@ class Plan:
                 "vram_budget_gb": self.vram_gb, "ram_budget_gb": self.ram_gb, "card": self.card}
 
     def at(self, width: int, height: int, batch: int = 1, steps: int | None = None,
-           extra_params_M: float | None = None) -> "Plan":
+           extra_params_M: float | None = None, compiled_loop: bool | None = None) -> "Plan":
         """This plan's placement (text encoder, block layout) re-estimated for another request (with its
-        own workflow weights, when given). VAE tiling is left free: it can be switched on without reloading."""
+        own workflow weights and loop, when given). VAE tiling is left free: it can be switched on without
+        reloading."""
         fixed = {k: v for k, v in self.options.items() if k in ("text_encoder", "layout")}
         extra = self.extra_params_M if extra_params_M is None else extra_params_M
+        loop = self.compiled_loop if compiled_loop is None else compiled_loop
         r = request_for(self.model, width, height, batch, steps=steps, ram_gb=self.ram_gb, vram_gb=self.vram_gb,
-                        card=self.card, extra_params_M=extra)
+                        card=self.card, extra_params_M=extra, compiled_loop=loop)
         estimate = self.strategy.value.estimate_fn(r, fixed)
         keep = {k: v for k, v in self.options.items() if k == "fallback"}
         return replace(self, estimate=replace(estimate, options={**estimate.options, **keep}),
-                       width=r.width, height=r.height, batch=r.batch, extra_params_M=r.extra_params_M)
+                       width=r.width, height=r.height, batch=r.batch, extra_params_M=r.extra_params_M,
+                       compiled_loop=r.compiled_loop)
 
     def with_options(self, **options) -> "Plan":
         return replace(self, estimate=replace(self.estimate, options={**self.estimate.options, **options}))
 
 
 def plan_for(strategy: Strategy, spec, width, height, batch=1, vram_gb=None, ram_gb=None, card=None,
-             steps=None, extra_params_M: float = 0.0) -> Plan:
-    """``extra_params_M``: weights a workflow adds on the GPU (a ControlNet), millions of parameters."""
+             steps=None, extra_params_M: float = 0.0, compiled_loop: bool = False) -> Plan:
+    """``extra_params_M``: weights a workflow adds on the GPU (a ControlNet), millions of parameters.
+    ``compiled_loop``: the request runs the engine's compiled loop where the family has one (SD1.5's txt2img
+    with Euler under --fast auto on a GPU), so resident is priced as that loop runs."""
     r = request_for(spec, width, height, batch, steps=steps, ram_gb=ram_gb, vram_gb=vram_gb, card=card,
-                    extra_params_M=extra_params_M)
+                    extra_params_M=extra_params_M, compiled_loop=compiled_loop)
     return Plan(strategy, strategy.value.estimate_fn(r), r.spec.id, r.width, r.height, r.batch, r.vram_gb,
-                r.ram_gb, r.card.name, r.extra_params_M)
+                r.ram_gb, r.card.name, r.extra_params_M, r.compiled_loop)
 
 
 def estimate_all(spec, width, height, batch=1, vram_gb=None, ram_gb=None, card=None, steps=None,
-                 extra_params_M: float = 0.0) -> list[Plan]:
-    return [plan_for(s, spec, width, height, batch, vram_gb, ram_gb, card, steps, extra_params_M) for s in Strategy]
+                 extra_params_M: float = 0.0, compiled_loop: bool = False) -> list[Plan]:
+    return [plan_for(s, spec, width, height, batch, vram_gb, ram_gb, card, steps, extra_params_M, compiled_loop)
+            for s in Strategy]
 
 
 def choose(spec, width, height, batch=1, budget_gb=None, ram_gb=None, card=None, steps=None,
-           exclude: tuple[Strategy, ...] = (), device: str = "cuda", extra_params_M: float = 0.0) -> Plan:
+           exclude: tuple[Strategy, ...] = (), device: str = "cuda", extra_params_M: float = 0.0,
+           compiled_loop: bool = False) -> Plan:
     """The fastest plan predicted to fit (with the margin in plan_model.VRAM_MARGIN_*).
 
     Raises DoesNotFit, saying what the least demanding plan needs and what to change."""
-    plans = [p for p in estimate_all(spec, width, height, batch, budget_gb, ram_gb, card, steps, extra_params_M)
+    plans = [p for p in estimate_all(spec, width, height, batch, budget_gb, ram_gb, card, steps, extra_params_M,
+                                     compiled_loop)
              if p.strategy not in exclude]
     fitting = [p for p in plans if p.estimate.fits and usable(p.strategy, device, automatic=True)]
     if fitting:
@@ -532,7 +549,7 @@ def cheaper(plan: Plan, tried: set | None = None, steps=None, device: str = "cud
             continue
         for vram in budgets:
             p = plan_for(strategy, plan.model, plan.width, plan.height, plan.batch, vram, plan.ram_gb, plan.card, steps,
-                         plan.extra_params_M)
+                         plan.extra_params_M, plan.compiled_loop)
             if plan_key(p) in tried or p.estimate.peak_vram_gb > limit:
                 continue
             p = replace(p, vram_gb=plan.vram_gb)  # judged against the real budget from here on

@@ -19,6 +19,9 @@ and the VAE decode at the same efficiency. Fitted by least squares on the H100 r
   qwen: call_overhead 65.7 ms, efficiency 0.604 (errors -7%..+10%; the 512 row is the outlier)
 Other cards: the same efficiency times their datasheet peak, the same per-call overhead (CPU-side
 launch cost) -- ASSUMED, unmeasured off the H100.
+The engine's speed path changes the time, not the memory: fp8 compute is priced compiled
+(FP8_COMPILED_COMPUTE_FACTOR), and SD1.5's txt2img with Euler, which runs as a compiled loop of CUDA graphs, is
+priced by its own overhead and factor (SD15_LOOP_*) where the request says it runs that loop (compiled_loop).
 """
 
 from __future__ import annotations
@@ -101,6 +104,16 @@ INT8_DEQUANT_BYTES_PER_PARAM = 3
 # graphs (4.55 s, 2026-11-27d), and 0.6, from an eager profile with row-wise accumulation. At 512 the compiled blocks are CPU-bound (3.63 s measured row-wise), which this model
 # does not see. Other fp8 cards are assumed to keep the H100's fp8/bf16 ratio (2x in specs/cards.py).
 FP8_COMPILED_COMPUTE_FACTOR = 0.328
+# SD1.5's txt2img with Euler under the engine's speed path (runtime/fastpath.SD15GraphLoop: each step one replayed
+# CUDA graph, channels_last, compiled decoder): the per-call overhead and a factor on the compute model's UNet
+# time. CALIBRATED on the engine's rows at 512 on an H200 (same bf16 peak as the H100; 2026-11-28,
+# docs/benchmarks/2026-11-28c-h200): batch 1 0.139 s per image (validate_planner, medians of 7), batch 16 10.83
+# images/s (speed_bench, precompiled loop); the two rows give 2.49 ms and 1.286 exactly. The compute model's own
+# overhead (25.4 ms a call) is the eager pipeline's launch cost, which the graphs remove; the factor says the
+# compiled UNet runs at 39% of the peak where the eager fit across sizes says 50%. Sizes other than 512 are
+# ASSUMED to scale with the counted FLOPs (no compiled-loop row at 768 or 1024 yet).
+SD15_LOOP_CALL_OVERHEAD_S = 0.0025
+SD15_LOOP_COMPUTE_FACTOR = 1.29
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,9 @@ class FamilyProfile:
     vae_half_tiles: bool = False
     vae_tile_stride_px: int = 0  # diffusers' stride between default tiles (0: the tile side)
     vae_tile_overhead_s: float = 0.0  # per decoded tile, beyond the FLOPs of its pixels
+    # the engine's compiled loop where it runs (SD1.5 txt2img with Euler, --fast auto, CUDA):
+    # (call overhead s, compute factor on this model's compute time); None: no such loop
+    compiled_loop: tuple[float, float] | None = None
 
 
 PROFILES = {
@@ -135,6 +151,7 @@ PROFILES = {
         overhead_gib=0.069, call_overhead_s=0.0254, efficiency=0.497, te_act_gib=0.05,
         stream_group_params_M=258.3 + 162.2,  # the two largest up_blocks
         vae_tile_stride_px=384,  # AutoencoderKL: tile_overlap_factor 0.25. Per-tile overhead unmeasured: 0
+        compiled_loop=(SD15_LOOP_CALL_OVERHEAD_S, SD15_LOOP_COMPUTE_FACTOR),
     ),
     "qwen-image": FamilyProfile(
         denoiser="transformer", calls_per_step=2, items_per_call=1, blocks_attr="transformer_blocks",
@@ -180,6 +197,8 @@ class Request:
     card: Card
     # weights a workflow adds on the GPU beside the model's own (a ControlNet), in the compute dtype
     extra_params_M: float = 0.0
+    # the request runs the engine's compiled loop where the family has one (FamilyProfile.compiled_loop)
+    compiled_loop: bool = False
 
     @property
     def extra_gib(self) -> float:
@@ -207,11 +226,11 @@ class Request:
 
 def make_request(spec, width: int, height: int, batch: int = 1, steps: int | None = None,
                  vram_gb: float | None = None, ram_gb: float | None = None, card: Card | str | None = None,
-                 extra_params_M: float = 0.0) -> Request:
+                 extra_params_M: float = 0.0, compiled_loop: bool = False) -> Request:
     if isinstance(card, str):
         card = find_card(card)
     return Request(spec, int(width), int(height), int(batch), int(steps or spec.defaults.steps),
-                   vram_gb, ram_gb, card or find_card(REFERENCE_CARD), float(extra_params_M))
+                   vram_gb, ram_gb, card or find_card(REFERENCE_CARD), float(extra_params_M), bool(compiled_loop))
 
 
 def gib(params_M: float, dtype: str) -> float:
@@ -321,6 +340,15 @@ def call_compute_s(r: Request, compute_factor: float = 1.0) -> float:
     p = r.profile
     items = p.items_per_call * r.batch
     return p.call_overhead_s + compute_factor * items * _flops(r, p.denoiser) / rate_tflops(r)
+
+
+def loop_call_s(r: Request) -> float | None:
+    """One denoiser call in the engine's compiled loop, where ``r`` runs it (else None)."""
+    loop = r.profile.compiled_loop
+    if not r.compiled_loop or loop is None:
+        return None
+    overhead, factor = loop
+    return overhead + factor * (call_compute_s(r) - r.profile.call_overhead_s)
 
 
 def vae_s(r: Request, tiling: Tiling) -> float:

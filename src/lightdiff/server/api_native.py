@@ -247,8 +247,10 @@ def fit_for(spec, budget_gb, st) -> dict | None:
         if vram is None:
             return None
         d = spec.defaults
-        try:
-            chosen = plan.choose(spec, d.width, d.height, 1, budget_gb=vram)
+        fast = getattr(st.config, "fast", "off")
+        try:  # as the workers' engines choose (txt2img at the defaults, on a GPU)
+            chosen = plan.choose(spec, d.width, d.height, 1, budget_gb=vram, exclude=plan.excluded_for(fast),
+                                 compiled_loop=fast == "auto")
         except DoesNotFit as e:
             return {"vram_gb": vram, "width": d.width, "height": d.height, "fits": False, "message": e.message,
                     "hint": e.hint}

@@ -206,15 +206,24 @@ class Engine:
         wf, req = self.parse(request)
         return self._plan(req, *memory_request(wf, req))
 
+    def _runs_compiled_loop(self, req, r) -> bool:
+        """Would this request run SD1.5's compiled graph loop (txt2img.run's test, on this engine's speed path)?
+        The planner then prices a resident plan as that loop runs."""
+        from lightdiff.runtime.fastpath import SD15GraphLoop
+
+        return (self.fast == "auto" and str(self.device).startswith("cuda") and req.workflow == "txt2img"
+                and SD15GraphLoop.supports(r.spec.family, r.scheduler, r.guidance))
+
     def _plan(self, req, r, extra_params_M: float = 0.0):
         spec = r.spec
+        loop = self._runs_compiled_loop(req, r)
         kw = dict(vram_gb=self.budget_gb(), ram_gb=self.ram_gb(), card=self.card(), steps=r.steps,
-                  extra_params_M=extra_params_M)
+                  extra_params_M=extra_params_M, compiled_loop=loop)
         loaded = self.pool.peek(req.model, req.weights)
         state = getattr(loaded, "plan_state", None)
         again = None
         if state is not None and not state.plan.options.get("fallback"):
-            again = state.plan.at(r.width, r.height, r.batch_size, r.steps, extra_params_M)
+            again = state.plan.at(r.width, r.height, r.batch_size, r.steps, extra_params_M, loop)
         if self.plan != "auto":
             asked = plans.plan_for(plans.Strategy.named(self.plan), spec, r.width, r.height, r.batch_size, **kw)
             if again is not None and again.name == asked.name and (again.estimate.fits or not asked.estimate.fits):
@@ -226,7 +235,8 @@ class Engine:
         if again is not None and again.estimate.fits:
             return again, []  # the loaded placement serves this request too: no reload
         chosen = plans.choose(spec, r.width, r.height, r.batch_size, kw["vram_gb"], kw["ram_gb"], kw["card"], r.steps,
-                              device=self.device, exclude=self._not_automatic(), extra_params_M=extra_params_M)
+                              device=self.device, exclude=self._not_automatic(), extra_params_M=extra_params_M,
+                              compiled_loop=loop)
         return chosen, []
 
     def run(self, request: dict, progress=None, cancel=None) -> GenerationResult:
