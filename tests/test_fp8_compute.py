@@ -156,3 +156,104 @@ def test_fast_accumulation_runs_on_the_gpu_for_qwen_shapes_and_stays_close_to_ro
             layer.fast_accum = True
             fast = layer(x).float()
             assert (fast - rowwise).norm() / rowwise.norm() < 0.01, (k, n, rows)
+
+
+def test_block_scales_round_trip_and_their_shapes():
+    torch.manual_seed(0)
+    w = torch.randn(256, 384)
+    values, scale = fp8.quantize_blocks(w, 128)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == (256, 384) and scale.shape == (2, 3)
+    assert (fp8.dequantize_blocks(values, scale) - w).norm() / w.norm() < 0.04  # e4m3: 3 mantissa bits
+    values, scale = fp8.quantize_blocks(w)  # the input's 1 x 128 blocks
+    assert scale.shape == (256, 3)
+    assert (fp8.dequantize_blocks(values, scale) - w).norm() / w.norm() < 0.04
+
+
+def test_block_scaled_linear_matches_the_linear_and_keeps_outliers_local():
+    """A row with one block 1e5 times the rest: a per-row scale flushes the rest to e4m3's few smallest steps, 1 x 128 block
+    scales keep every other block's precision (the reason for them besides their short reductions)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 128)
+    blocks = fp8.Fp8Linear(linear, scaling="blockwise")
+    assert blocks.weight_scale.shape == (1, 2) and not blocks.cublas_blocks  # on the CPU: dequantized arithmetic
+    for shape in [(1, 256), (2, 5, 256), (300, 256)]:
+        x = torch.randn(shape)
+        want, got = linear(x), blocks(x)
+        assert got.shape == want.shape and (got - want).norm() / want.norm() < 0.06
+    x = torch.randn(8, 256)
+    x[:, :128] *= 1e5  # the outlier block: the rest of the row falls below e4m3's smallest steps under its scale
+    by_rows = (lambda v, s: v.float() * s)(*fp8.quantize_rows(x))
+    by_blocks = fp8.dequantize_blocks(*fp8.quantize_blocks(x))
+    rest = x[:, 128:]
+    assert (by_blocks[:, 128:] - rest).norm() / rest.norm() < 0.04
+    assert (by_rows[:, 128:] - rest).norm() / rest.norm() > 0.3  # rounded to the smallest steps, or to zero
+    with pytest.raises(ValueError, match="multiple of 128"):
+        fp8.Fp8Linear(torch.nn.Linear(64, 128), scaling="blockwise")
+    with pytest.raises(ValueError, match="unknown fp8 scaling"):
+        fp8.Fp8Linear(linear, scaling="tensorwise")
+
+
+def test_blockwise_quantization_takes_the_shapes_that_have_whole_blocks_and_says_so():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.GELU(), torch.nn.Linear(128, 48))
+    x = torch.randn(4, 256)
+    want = model(x)
+    done = fp8.quantize_denoiser(model, scaling="blockwise")
+    assert [m.scaling for m in model if isinstance(m, fp8.Fp8Linear)] == ["blockwise", "rowwise"]
+    assert done["scaling"] == {"asked": "blockwise", "blockwise": 1, "rowwise": 1} and done["layers"] == 2
+    assert (model(x) - want).norm() / want.norm() < 0.08
+    assert "scaling" not in fp8.quantize_denoiser(torch.nn.Sequential(torch.nn.Linear(256, 128)))
+
+
+def test_row_scaled_layers_requantize_to_block_scales_close_to_what_they_computed():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 48))
+    fp8.quantize_denoiser(model, fast_accum=False)
+    x = torch.randn(16, 256)
+    before = model(x)
+    assert fp8.set_scaling(model, "blockwise") == 1  # 48 outputs are no whole block: that layer stays
+    assert [m.scaling for m in model] == ["blockwise", "rowwise"]
+    assert model[0].weight_scale.shape == (2, 2)
+    assert (model(x) - before).norm() / before.norm() < 0.06
+    assert fp8.set_scaling(model, "blockwise") == 0
+    assert fp8.set_scaling(model, "rowwise") == 1 and model[0].weight_scale.shape == (1, 256)
+
+
+@pytest.mark.gpu
+def test_block_scales_run_through_cublas_at_qwen_shapes_as_their_dequantized_arithmetic():
+    """cuBLAS reads the 1 x 128 and 128 x 128 scales in the layouts the layer gives it: its product is the one the
+    dequantized values give (the CPU's path), for the text stream's few rows and the image stream's 4096."""
+    if not fp8.cublas_blocks("cuda"):
+        pytest.skip("block scales run through cuBLAS on Hopper only")
+    torch.manual_seed(0)
+    for k, n in [(3072, 3072), (3072, 12288), (12288, 3072), (3584, 3072)]:
+        rows_needed = fp8.fewest_rows(k, n, "cuda", scaling="blockwise")
+        assert rows_needed is not None, (k, n)
+        linear = torch.nn.Linear(k, n, dtype=torch.bfloat16, device="cuda")
+        layer = fp8.Fp8Linear(linear, min_rows=rows_needed, scaling="blockwise")
+        assert layer.cublas_blocks
+        for rows in (7, 4096):
+            x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
+            got = layer(x).float()
+            layer.cublas_blocks = False  # the same values and scales, multiplied dequantized
+            want = layer(x).float()
+            layer.cublas_blocks = True
+            assert (got - want).norm() / want.norm() < 1e-2, (k, n, rows)
+            assert (got - linear(x).float()).norm() / linear(x).float().norm() < 0.06
+
+
+def test_the_fp8_plan_takes_its_scaling_from_the_setting_and_refuses_a_bad_one(monkeypatch):
+    from lightdiff.errors import LightdiffError
+    from lightdiff.runtime import plan as plans
+
+    monkeypatch.setattr(fp8, "unsupported_reason", lambda device: None)  # the plan on the CPU: its arithmetic only
+    monkeypatch.setenv("LIGHTDIFF_FP8_SCALING", "blockwise")
+    loaded = loader.load("tiny-qwen-image", device="cpu")
+    plans.Strategy.FP8_COMPUTE.apply(loaded, "cpu")
+    done = loaded.plan_info["fp8"]
+    # the twin's layers are narrower than one 128-wide block: every one keeps row scales, and the record says so
+    assert done["scaling"] == {"asked": "blockwise", "rowwise": done["layers"]}
+    monkeypatch.setenv("LIGHTDIFF_FP8_SCALING", "row-wise")
+    with pytest.raises(LightdiffError) as e:
+        plans.Strategy.FP8_COMPUTE.apply(loader.load("tiny-qwen-image", device="cpu"), "cpu")
+    assert "LIGHTDIFF_FP8_SCALING='row-wise'" in e.value.message and "rowwise" in e.value.message

@@ -92,6 +92,19 @@ def test_fused_projections_draw_the_same_images_without_a_second_copy_of_the_wei
 def test_layers_of_different_inputs_are_not_fused():
     with pytest.raises(ValueError, match="different kinds or inputs"):
         qwen_attention.concat_rows([torch.nn.Linear(8, 4), torch.nn.Linear(16, 4)])
+    rows, blocks = (fp8.Fp8Linear(torch.nn.Linear(256, 128), scaling=s) for s in ("rowwise", "blockwise"))
+    with pytest.raises(ValueError, match="different scalings"):
+        qwen_attention.concat_rows([rows, blocks])
+
+
+def test_block_scaled_projections_fuse_into_the_layer_they_compute_together():
+    torch.manual_seed(0)
+    layers = [fp8.Fp8Linear(torch.nn.Linear(256, 128), scaling="blockwise") for _ in range(3)]
+    fused = qwen_attention.concat_rows(layers)
+    assert fused.scaling == "blockwise" and fused.weight_scale.shape == (3, 2)  # the parts' (1, 2) block scales stacked
+    x = torch.randn(2, 5, 256)
+    want = torch.cat([layer(x) for layer in layers], dim=-1)
+    assert torch.allclose(fused(x), want, rtol=1e-2, atol=1e-2)
 
 
 def test_the_fast_path_rewrites_qwen_attention_unless_the_setting_says_no(monkeypatch, tiny_sd15):
@@ -131,15 +144,17 @@ def test_precompiled_blocks_on_the_rewritten_attention_draw_the_plain_images(mon
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fast_accum", [True, False])
-def test_fused_fp8_projections_run_at_qwen_shapes_on_the_gpu(fast_accum):
+@pytest.mark.parametrize("fast_accum,scaling", [(True, "rowwise"), (False, "rowwise"), (False, "blockwise")])
+def test_fused_fp8_projections_run_at_qwen_shapes_on_the_gpu(fast_accum, scaling):
     """cuBLAS's fp8 support is by shape: the fused 3072 -> 9216 layer runs for the text stream's few rows and the
     image stream's 4096, computing what the three layers do (bf16 rounding apart)."""
+    if scaling == "blockwise" and not fp8.cublas_blocks("cuda"):
+        pytest.skip("block scales run through cuBLAS on Hopper only")
     torch.manual_seed(0)
-    layers = [fp8.Fp8Linear(torch.nn.Linear(3072, 3072, device="cuda", dtype=torch.bfloat16), fast_accum=fast_accum)
-              for _ in range(3)]
+    layers = [fp8.Fp8Linear(torch.nn.Linear(3072, 3072, device="cuda", dtype=torch.bfloat16), fast_accum=fast_accum,
+                            scaling=scaling) for _ in range(3)]
     fused = qwen_attention.concat_rows(layers)
-    assert fp8.fewest_rows(3072, 9216, "cuda", fast_accum=fast_accum) is not None
+    assert fp8.fewest_rows(3072, 9216, "cuda", fast_accum=fast_accum, scaling=scaling) is not None
     for rows in (7, 4096):
         x = torch.randn(1, rows, 3072, device="cuda", dtype=torch.bfloat16)
         want, got = torch.cat([layer(x) for layer in layers], dim=-1).float(), fused(x).float()

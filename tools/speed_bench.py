@@ -436,6 +436,10 @@ def qwen_attention_rows(args, out, stamp, pipe, call, flops, ref, before, varian
 
     den = pipe.transformer
     stages = [(" + real rotary", qwen_attention.install), (" + fused qkv", qwen_attention.fuse_projections)]
+    if args.then_blockwise:  # 1 x 128 / 128 x 128 block scales: short, local reductions (runtime/fp8.py)
+        from lightdiff.runtime import fp8
+
+        stages.append((" + block scales (requantized from row-wise fp8)", lambda d: fp8.set_scaling(d, "blockwise")))
     if args.then_persistent:
         stages.append((f" + persistent reductions up to {LONG_ROWS}", persistent_long_rows))
     if args.then_multi_kernel:  # reductions up to 16x longer rows also generated persistent; the faster one picked
@@ -577,6 +581,9 @@ def main() -> int:
                    help="qwen-fp8 with --fast-accum: then lightdiff's attention processor, then fused projections")
     p.add_argument("--then-tuning", action="store_true",
                    help="with --qwen-attn: then Inductor's coordinate-descent tuning of the same blocks")
+    p.add_argument("--then-blockwise", action="store_true",
+                   help="with --qwen-attn: then the fp8 layers requantized with 1 x 128 input and 128 x 128 weight "
+                        "block scales (runtime/fp8.set_scaling; cuBLAS on Hopper)")
     p.add_argument("--then-persistent", action="store_true",
                    help="with --qwen-attn: then reductions over rows up to 16,384 elements in one pass (persistent)")
     p.add_argument("--then-multi-kernel", action="store_true",

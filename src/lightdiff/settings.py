@@ -46,6 +46,10 @@ SETTINGS: dict[str, Setting] = {
                 "lightdiff's (rotary embeddings without complex numbers, so Inductor compiles them, and each "
                 "stream's q/k/v projections as one matmul: 4.32-4.36 -> 4.19-4.29 s per image at 1024 in fp8 on "
                 "three H100s; runtime/qwen_attention.py)."),
+        Setting("fp8_scaling", "LIGHTDIFF_FP8_SCALING", "rowwise",
+                "The fp8-compute plan's scales: rowwise (one per input row and weight row, measured) or blockwise "
+                "(one per 1 x 128 input block and 128 x 128 weight block, through cuBLAS on Hopper; not yet measured "
+                "for speed; runtime/fp8.py)."),
     ]
 }
 
@@ -68,6 +72,19 @@ def flag(name: str) -> bool:
     setting = SETTINGS[name]
     raise LightdiffError(f"{setting.env}={get(name)!r} is not an on/off value.",
                          f"Set {setting.env} to 1 or 0 (or unset it for the default, {setting.default}).",
+                         code="bad_setting")
+
+
+def choice(name: str, options: tuple[str, ...]) -> str:
+    """A setting that takes one of ``options``; anything else is an error that names the variable and the value."""
+    from lightdiff.errors import LightdiffError
+
+    value = get(name).strip().lower()
+    if value in options:
+        return value
+    setting = SETTINGS[name]
+    raise LightdiffError(f"{setting.env}={get(name)!r} is not one of {', '.join(options)}.",
+                         f"Set {setting.env} to one of them (or unset it for the default, {setting.default}).",
                          code="bad_setting")
 
 

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 from collections import OrderedDict
 
+from lightdiff import settings
 from lightdiff.errors import BadOutput, LightdiffError
 from lightdiff.runtime import pinned, plan_model
 
@@ -256,7 +257,9 @@ def apply_fp8_compute(loaded, device: str, plan) -> None:
                              "Use --plan auto (it picks fp8-storage or offloading instead).",
                              code="plan_unavailable")
     den = denoiser(loaded)
-    done = fp8.quantize_denoiser(den, device=device)  # layer by layer: the bf16 model never sits on the GPU whole
+    scaling = settings.choice("fp8_scaling", fp8.SCALINGS)
+    # layer by layer: the bf16 model never sits on the GPU whole
+    done = fp8.quantize_denoiser(den, device=device, scaling=scaling)
     if not done["layers"]:  # nothing in fp8: the plan's memory prediction would be wrong, so refuse it
         raise LightdiffError(f"Plan fp8-compute converted no layer on {device}: the GPU refused fp8 matmuls for "
                              f"every shape ({', '.join(done['min_rows'])}).",

@@ -133,9 +133,14 @@ def concat_rows(layers):
         raise ValueError("cannot fuse layers where only some have a bias")
     bias = torch.cat([layer.bias.detach() for layer in layers]) if has_bias else None
     if isinstance(first, Fp8Linear):
+        if any(layer.scaling != first.scaling for layer in layers):
+            raise ValueError(f"cannot fuse fp8 layers of different scalings: {[layer.scaling for layer in layers]}")
+        # row scales are (1, out): side by side; block scales are (out / 128, in / 128): stacked
+        scale_dim = 0 if first.scaling == "blockwise" else 1
         return Fp8Linear.from_parts(torch.cat([layer.weight_fp8 for layer in layers]),
-                                    torch.cat([layer.weight_scale for layer in layers], dim=1), bias,
-                                    min_rows=max(layer.min_rows for layer in layers), fast_accum=first.fast_accum)
+                                    torch.cat([layer.weight_scale for layer in layers], dim=scale_dim), bias,
+                                    min_rows=max(layer.min_rows for layer in layers), fast_accum=first.fast_accum,
+                                    scaling=first.scaling)
     if type(first) is not torch.nn.Linear:
         raise ValueError(f"cannot fuse {type(first).__name__} layers (Linear and Fp8Linear only)")
     weight = torch.cat([layer.weight.detach() for layer in layers])
@@ -165,9 +170,10 @@ def fuse_projections(den) -> int:
             layer = concat_rows([getattr(attn, p) for p in parts])
             if isinstance(layer, fp8.Fp8Linear) and layer.weight_fp8.is_cuda:
                 # cuBLAS's fp8 support is by shape: ask the card for the fused shape, as quantize_denoiser did
-                shape = (layer.in_features, layer.out_features, layer.fast_accum)
+                shape = (layer.in_features, layer.out_features, layer.fast_accum, layer.scaling)
                 if shape not in rows_for:
-                    rows_for[shape] = fp8.fewest_rows(*shape[:2], layer.weight_fp8.device, fast_accum=shape[2])
+                    rows_for[shape] = fp8.fewest_rows(*shape[:2], layer.weight_fp8.device, fast_accum=shape[2],
+                                                      scaling=shape[3])
                 if rows_for[shape] is None:
                     continue  # the card refuses this shape: the three layers stay
                 layer.min_rows = max(layer.min_rows, rows_for[shape])
