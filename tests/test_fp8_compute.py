@@ -257,3 +257,17 @@ def test_the_fp8_plan_takes_its_scaling_from_the_setting_and_refuses_a_bad_one(m
     with pytest.raises(LightdiffError) as e:
         plans.Strategy.FP8_COMPUTE.apply(loader.load("tiny-qwen-image", device="cpu"), "cpu")
     assert "LIGHTDIFF_FP8_SCALING='row-wise'" in e.value.message and "rowwise" in e.value.message
+
+
+def test_a_block_scaled_layer_traces_as_one_graph_for_any_row_count():
+    """The compiled blocks trace every Fp8Linear with fullgraph=True and a dynamic text length."""
+    torch.manual_seed(0)
+    layer = fp8.Fp8Linear(torch.nn.Linear(256, 128), scaling="blockwise")
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager", dynamic=True)
+    try:
+        for rows in (3, 40):
+            x = torch.randn(1, rows, 256)
+            assert torch.allclose(compiled(x), layer(x), rtol=1e-3, atol=1e-3)
+    finally:
+        torch._dynamo.reset()
