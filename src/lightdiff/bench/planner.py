@@ -85,12 +85,12 @@ def memory_of(spec, item) -> tuple[int, int, float]:
 
 def runs_compiled_loop(spec, item, group, gpu: bool) -> bool:
     """Does the engine run this item through SD1.5's compiled loop (as Engine._runs_compiled_loop decides)?"""
-    from lightdiff.runtime.fastpath import SD15GraphLoop
+    from lightdiff.runtime.fastpath import runs_graph_loop
 
     guidance = getattr(group, "guidance", None)
     guidance = spec.defaults.guidance if guidance is None else guidance
-    return (getattr(group, "fast", "off") == "auto" and gpu and item.workflow == "txt2img"
-            and SD15GraphLoop.supports(spec.family, spec.defaults.scheduler, guidance))
+    return runs_graph_loop(getattr(group, "fast", "off"), "cuda" if gpu else "cpu", item.workflow, spec.family,
+                           spec.defaults.scheduler, guidance)
 
 
 def plan_for_item(mod, spec, item, group, hw: Hardware, name: str | None = None):

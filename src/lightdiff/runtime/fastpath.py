@@ -311,6 +311,13 @@ def images_to_pil(processor, images) -> list:
     return [Image.fromarray(p) for p in pixels]
 
 
+def runs_graph_loop(fast: str, device, workflow: str, family: str, scheduler: str, guidance: float) -> bool:
+    """Does a request run SD1.5's compiled graph loop: txt2img on the speed path (--fast auto) on a GPU, where the
+    loop reproduces diffusers'? The engine's txt2img and the planner's timing both follow this."""
+    return (fast == "auto" and str(device).startswith("cuda") and workflow == "txt2img"
+            and SD15GraphLoop.supports(family, scheduler, guidance))
+
+
 STEP_FN, DECODE_FN = "sd15-euler-cfg-step", "sd15-vae-decode"  # the precompiled functions' names (artifact files)
 
 # torch.compile modes that replay CUDA graphs (max-autotune does too; max-autotune-no-cudagraphs does not)

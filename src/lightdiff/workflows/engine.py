@@ -209,10 +209,9 @@ class Engine:
     def _runs_compiled_loop(self, req, r) -> bool:
         """Would this request run SD1.5's compiled graph loop (txt2img.run's test, on this engine's speed path)?
         The planner then prices a resident plan as that loop runs."""
-        from lightdiff.runtime.fastpath import SD15GraphLoop
+        from lightdiff.runtime.fastpath import runs_graph_loop
 
-        return (self.fast == "auto" and str(self.device).startswith("cuda") and req.workflow == "txt2img"
-                and SD15GraphLoop.supports(r.spec.family, r.scheduler, r.guidance))
+        return runs_graph_loop(self.fast, self.device, req.workflow, r.spec.family, r.scheduler, r.guidance)
 
     def _plan(self, req, r, extra_params_M: float = 0.0):
         spec = r.spec
