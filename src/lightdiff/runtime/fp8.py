@@ -91,6 +91,15 @@ def cublas_blocks(device) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.get_device_capability(torch.device(device))[0] == 9
 
 
+def quantize_weight(weight: torch.Tensor, scaling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (out, in) weight in fp8 with the scales an ``Fp8Linear`` keeps: (1, out) per row, as _scaled_mm wants them,
+    or (out / 128, in / 128) per block."""
+    if scaling == "blockwise":
+        return quantize_blocks(weight, BLOCK)
+    values, scale = quantize_rows(weight)
+    return values, scale.reshape(1, -1)
+
+
 def _check_scaling(scaling: str, in_features: int, out_features: int) -> None:
     if scaling not in SCALINGS:
         raise ValueError(f"unknown fp8 scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
@@ -106,11 +115,7 @@ class Fp8Linear(torch.nn.Module):
                  scaling: str = "rowwise"):
         super().__init__()
         _check_scaling(scaling, linear.in_features, linear.out_features)
-        if scaling == "blockwise":
-            values, scale = quantize_blocks(linear.weight.detach(), BLOCK)  # (out / 128, in / 128)
-        else:
-            values, scale = quantize_rows(linear.weight.detach())
-            scale = scale.reshape(1, -1)
+        values, scale = quantize_weight(linear.weight.detach(), scaling)
         self._hold(values, scale, linear.bias, min_rows, fast_accum, scaling)
 
     @classmethod
@@ -250,12 +255,7 @@ def set_scaling(denoiser: torch.nn.Module, scaling: str) -> int:
             rows_for[shape] = fewest_rows(*shape, device, scaling=scaling)
         if rows_for[shape] is None:
             continue  # the card refuses this shape with these scales: the layer stays as it is
-        weight = dequantized_weight(layer)
-        if scaling == "blockwise":
-            values, scale = quantize_blocks(weight, BLOCK)
-        else:
-            values, scale = quantize_rows(weight)
-            scale = scale.reshape(1, -1)
+        values, scale = quantize_weight(dequantized_weight(layer), scaling)
         layer._hold(values, scale, layer.bias, max(layer.min_rows, rows_for[shape]), layer.fast_accum, scaling)
         changed += 1
     return changed
