@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -120,6 +121,8 @@ def sd15(args, out, stamp, warm_only=False):
             row(out, "sd15", f"{label} + compiled VAE", secs, b, batch_flops[b], stamp,
                 max_abs_pixel_diff_vs_eager=float(abs(pixels(first) - pixels(batch_images[b])).max()),
                 precompiled=dict(loop.precompiled_notes) or None)
+            if args.profile and b == max(args.batches):  # the throughput end: which kernel class bounds it
+                profile_to(args.profile, f"sd15 {label} + compiled VAE, 20 steps, batch {b}", lambda: fast(b), rows=40)
 
     flops, batch_flops, batch_images = None, {}, {}
     if not warm_only:  # every eager row first: preparing the loop changes the pipeline's UNet and decoder
@@ -273,7 +276,44 @@ def profile_to(path, label, fn, rows: int = 18) -> None:
     table = prof.key_averages()
     with open(path, "a") as f:
         f.write(f"## {label}\n{table.table(sort_by='cuda_time_total', row_limit=rows)}\n"
-                f"{table.table(sort_by='cpu_time_total', row_limit=10)}\n")
+                f"{table.table(sort_by='cpu_time_total', row_limit=10)}\n"
+                f"{kernel_class_table(prof.events())}\n")
+
+
+# GPU kernels by what they do, from their names (cuBLAS/cuDNN/flash/Triton naming): which floor is furthest
+KERNEL_CLASSES = [  # first match wins: Inductor's kernels carry the ops they fused in their names
+    ("triton reduction", r"^triton_(red|per)_"),
+    ("triton pointwise", r"^triton_"),
+    ("attention", r"flash|fmha|attention|sdpa|_attn"),
+    ("convolution", r"conv|fprop|dgrad|implicit_gemm|winograd"),
+    ("matmul (fp8)", r"e4m3|f8f8|fp8|nvjet_sm\d+_qq"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas|Kernel2"),
+    ("copy/memset", r"memcpy|memset|copy_kernel|CatArrayBatched|nchwToNhwc|nhwcToNchw"),
+]
+
+
+def kernel_class(name: str) -> str:
+    for cls, pattern in KERNEL_CLASSES:
+        if re.search(pattern, name, re.IGNORECASE):
+            return cls
+    return "other"
+
+
+def kernel_class_table(events) -> str:
+    """Kernel time summed by class (``kernel_class``) over a profile's GPU events, largest first."""
+    import torch
+
+    sums: dict[str, list] = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            s = sums.setdefault(kernel_class(e.name), [0.0, 0])
+            s[0] += e.time_range.elapsed_us()
+            s[1] += 1
+    total = sum(s[0] for s in sums.values()) or 1.0
+    lines = ["kernel class         ms      share  kernels"]
+    for cls, (us, n) in sorted(sums.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{cls:18} {us / 1e3:8.2f} {us / total:8.1%} {n:8}")
+    return "\n".join(lines)
 
 
 def qwen_fp8(args, out, stamp):
