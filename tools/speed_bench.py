@@ -138,6 +138,12 @@ def sd15(args, out, stamp, warm_only=False):
     t0 = time.perf_counter()
     if not args.ab:  # with --ab the levers go on a second loop, compared in this process (sd15_ab)
         label += tune(args, pipe)
+    if args.sd15_fp8:  # the UNet's linear layers (27% of its FLOPs) in fp8 with fast accumulation: changes pixels
+        from lightdiff.runtime import fp8
+
+        done = fp8.quantize_denoiser(pipe.unet, fast_accum=True)
+        label += f" + fp8 linears ({done['layers']})"
+        print(f"sd15 fp8: {done}", flush=True)
     fastpath.prepare_sd15_modules(pipe, compile_decoder=not args.sd15_precompiled)
     if args.batches_only:  # throughput alone: the first batch size compiles with static shapes
         return batch_rows()
@@ -636,6 +642,9 @@ def main() -> int:
                    help="sd15: batch 1 only, the --fuse-qkv/--cudnn-benchmark levers on a second loop in this "
                         "process, timed alternately with the first (a cross-process spread hides a few percent)")
     p.add_argument("--fuse-qkv", action="store_true", help="sd15: the fast rows with diffusers' fused QKV projections")
+    p.add_argument("--sd15-fp8", action="store_true",
+                   help="sd15: the fast rows with the UNet's linear layers in fp8 compute (runtime/fp8.py, fast "
+                        "accumulation; Hopper/Ada): their pixel difference to eager says what it costs")
     p.add_argument("--inductor-tuning", action="store_true",
                    help="the compiled rows with INDUCTOR_TUNING (diffusers' documented Inductor options)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="the compiled rows with torch.backends.cudnn.benchmark")
