@@ -11,7 +11,7 @@ optional, and its rows say why when it is missing or refuses the graph.
 
 SD1.5's attention has small heads (8 of 40, 80 and 160 over 4,096, 1,024 and 256 tokens at 512x512), where the
 kernels run far below the peak (its attention was 24% of a batch-16 step on an H200, at about 23% of the bf16
-peak). ``--pad-dims`` also times each backend with the head dimension zero-padded to a multiple (exact: the zero
+peak). ``--pad-dims`` also times each backend with the head dimension zero-padded to larger sizes (exact: the zero
 columns add nothing to Q K^T, the scale stays the unpadded one, and the output's extra columns are dropped),
 the padding itself timed apart, as a compiled projection would write it.
 
